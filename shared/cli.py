@@ -1,0 +1,167 @@
+"""The `nexus` command: migrate, ingest, status, demo (and the rest as they land).
+
+With no DATABASE_URL (and no Supabase settings) every command uses an embedded Postgres with
+pgvector, its data under `.nexus/` (or NEXUS_HOME).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from shared.config import Settings, get_settings
+from shared.errors import NexusError
+
+EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
+
+
+class CommandError(NexusError):
+    """A command cannot do what was asked; the message says why."""
+
+
+def database_url(settings: Settings) -> str:
+    """DATABASE_URL, or the embedded server's DSN (started on first use, stopped at exit)."""
+    if settings.database_url:
+        return settings.database_url
+    from shared.embedded import start_embedded_postgres
+
+    return start_embedded_postgres(settings.home_path / "pgdata")
+
+
+def _uses_supabase_api(settings: Settings) -> bool:
+    return not settings.database_url and bool(settings.supabase_url and settings.supabase_service_role_key)
+
+
+def open_store(settings: Settings) -> Any:
+    """The store for CLI commands, migrating the embedded database on the way."""
+    from shared.store import default_store
+
+    if _uses_supabase_api(settings):
+        return default_store(settings)
+    url = database_url(settings)
+    if not settings.database_url:
+        migrate_database(url)
+    return default_store(settings.model_copy(update={"database_url": url}))
+
+
+def migrate_database(url: str) -> list[str]:
+    from shared.database import connect
+    from shared.migrations import apply_migrations
+
+    with connect(url, application_name="nexus-migrate") as conn:
+        return apply_migrations(conn)
+
+
+def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    if _uses_supabase_api(settings):
+        raise CommandError("nexus migrate needs DATABASE_URL; with the Supabase CLI run 'supabase db push'.")
+    applied = migrate_database(database_url(settings))
+    print(f"applied {len(applied)} migration(s)" + "".join(f"\n  {name}" for name in applied))
+    if not applied:
+        print("database is up to date")
+    return 0
+
+
+def _parse_uuid(value: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a UUID") from None
+
+
+def ingest_paths(
+    store: Any, paths: Sequence[Path], client_id: uuid.UUID, source: str | None = None
+) -> list[tuple[Path, Any]]:
+    """Ingest files (folders expanded) for one client; each file's path is its external_id, so
+    re-ingesting an unchanged file is a duplicate and an edited one an update."""
+    from shared.documents import find_documents, read_document
+    from shared.ingest import IngestItem, ingest_items
+    from shared.queue import NoQueue
+
+    results = []
+    for path in find_documents(list(paths)):
+        text = read_document(path)
+        if not text.strip():
+            print(f"skipped {path}: no text", file=sys.stderr)
+            continue
+        item = IngestItem(
+            client_id=client_id,
+            source=source or path.as_posix(),
+            content=text,
+            metadata={"path": path.as_posix()},
+            external_id=path.as_posix(),
+        )
+        (result,) = ingest_items([item], store=store, queue=NoQueue())
+        results.append((path, result))
+    return results
+
+
+def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
+    store = open_store(settings)
+    results = ingest_paths(store, [Path(p) for p in args.paths], args.client_id, args.source)
+    for path, result in results:
+        state = "duplicate" if result.duplicate else ("updated" if result.updated else "new")
+        print(f"{result.item_id}  {state:9}  {path}")
+    print(f"{len(results)} item(s) ingested for client {args.client_id}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    status = open_store(settings).status()
+    if args.json:
+        print(json.dumps(status, default=str, indent=2))
+        return 0
+    counts = status.get("counts", {})
+    for name in ("pending", "processing", "done", "failed"):
+        print(f"{name:>10}  {counts.get(name, 0)}")
+    print(f"oldest pending: {status.get('oldest_pending_at') or '-'}")
+    for failure in status.get("recent_failures", []):
+        print(f"failed {failure['id']} (attempt {failure['attempts']}): {failure['last_error']}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from shared.demo import run_demo
+
+    return run_demo(open_store(settings), EXAMPLES_DIR)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nexus", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    commands.add_parser("migrate", help="apply the SQL migrations").set_defaults(run=cmd_migrate)
+
+    ingest = commands.add_parser("ingest", help="ingest .txt, .md and .html files (folders too)")
+    ingest.add_argument("paths", nargs="+", metavar="PATH")
+    ingest.add_argument("--client-id", required=True, type=_parse_uuid)
+    ingest.add_argument("--source", help="source label for every file (default: the file's path)")
+    ingest.set_defaults(run=cmd_ingest)
+
+    status = commands.add_parser("status", help="items per status, oldest pending, recent failures")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(run=cmd_status)
+
+    commands.add_parser("demo", help="run the whole job on the sample documents").set_defaults(run=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    run: Callable[[argparse.Namespace, Settings], int] = args.run
+    try:
+        return run(args, get_settings())
+    except (NexusError, ValueError) as exc:
+        print(f"nexus: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""Settings: one pydantic model read from the environment (plus `.env.local` and `.env`).
+
+Nothing is read at import time. `get_settings()` loads once per process and caches; handlers
+call it on their first invocation so a bad setting fails that call with one clear sentence.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from shared.errors import ConfigError
+
+# Environment variable → field name. The variable names are the public contract.
+ENV_VARS: dict[str, str] = {
+    "DATABASE_URL": "database_url",
+    "SUPABASE_URL": "supabase_url",
+    "SUPABASE_SERVICE_ROLE_KEY": "supabase_service_role_key",
+    "SUPABASE_JWT_SECRET": "supabase_jwt_secret",
+    "NEXUS_INGEST_API_KEYS": "ingest_api_keys",
+    "NEXUS_WEBHOOK_SECRET": "webhook_secret",
+    "NEXUS_QUEUE_URL": "queue_url",
+    "NEXUS_MAX_BODY_BYTES": "max_body_bytes",
+    "NEXUS_MAX_ATTEMPTS": "max_attempts",
+    "NEXUS_EMBEDDING_PROVIDER": "embedding_provider",
+    "NEXUS_SUMMARY_PROVIDER": "summary_provider",
+    "NEXUS_EMBEDDING_MODEL": "embedding_model",
+    "NEXUS_EMBEDDING_DIMENSIONS": "embedding_dimensions",
+    "NEXUS_SUMMARY_MODEL": "summary_model",
+    "NEXUS_CHUNK_TOKENS": "chunk_tokens",
+    "NEXUS_CHUNK_OVERLAP": "chunk_overlap",
+    "OPENAI_API_KEY": "openai_api_key",
+    "OPENAI_BASE_URL": "openai_base_url",
+    "GOOGLE_CLIENT_ID": "google_client_id",
+    "GOOGLE_CLIENT_SECRET": "google_client_secret",
+    "GOOGLE_TOKEN_URI": "google_token_uri",
+    "GOOGLE_AUTH_URI": "google_auth_uri",
+    "NEXUS_TOKEN_ENCRYPTION_KEY": "token_encryption_key",
+    "NEXUS_HOME": "home",
+}
+_FIELD_TO_ENV = {field: env for env, field in ENV_VARS.items()}
+
+
+class Settings(BaseModel):
+    """Every setting of every function; each function reads only the ones it needs."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    database_url: str | None = None
+    supabase_url: str | None = None
+    supabase_service_role_key: str | None = Field(default=None, repr=False)
+    supabase_jwt_secret: str | None = Field(default=None, repr=False)
+    ingest_api_keys: tuple[str, ...] = Field(default=(), repr=False)
+    webhook_secret: str | None = Field(default=None, repr=False)
+    queue_url: str | None = None
+    max_body_bytes: int = Field(default=5 * 1024 * 1024, gt=0)
+    max_attempts: int = Field(default=5, ge=1)
+    embedding_provider: Literal["openai", "local"] = "openai"
+    summary_provider: Literal["openai", "local"] = "openai"
+    embedding_model: str = "text-embedding-3-small"
+    embedding_dimensions: int = Field(default=1536, gt=0)
+    summary_model: str = "gpt-4o-mini"
+    chunk_tokens: int = Field(default=350, ge=16, le=8191)
+    chunk_overlap: int = Field(default=0, ge=0)
+    openai_api_key: str | None = Field(default=None, repr=False)
+    openai_base_url: str | None = None
+    google_client_id: str | None = None
+    google_client_secret: str | None = Field(default=None, repr=False)
+    google_token_uri: str = "https://oauth2.googleapis.com/token"
+    google_auth_uri: str = "https://accounts.google.com/o/oauth2/auth"
+    token_encryption_key: str | None = Field(default=None, repr=False)
+    home: str = ".nexus"
+
+    @field_validator("ingest_api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(key.strip() for key in value.split(",") if key.strip())
+        return value
+
+    @field_validator("chunk_overlap")
+    @classmethod
+    def _overlap_below_chunk(cls, value: int, info: object) -> int:
+        chunk_tokens = getattr(info, "data", {}).get("chunk_tokens", 350)
+        if value >= chunk_tokens:
+            raise ValueError("must be smaller than NEXUS_CHUNK_TOKENS")
+        return value
+
+    def require(self, field: str) -> str:
+        """Return a string setting, or raise ConfigError naming its variable when it is unset."""
+        value = getattr(self, field)
+        if not value:
+            raise ConfigError(f"{_FIELD_TO_ENV[field]} is not set.")
+        return str(value)
+
+    @property
+    def home_path(self) -> Path:
+        return Path(self.home).expanduser().resolve()
+
+
+def _read_dotenv_files(directory: Path) -> dict[str, str]:
+    """Values from `.env.local` then `.env` (the first one wins); the real environment beats both."""
+    from dotenv import dotenv_values
+
+    values: dict[str, str] = {}
+    for name in (".env", ".env.local"):
+        path = directory / name
+        if path.is_file():
+            values.update({k: v for k, v in dotenv_values(path).items() if v is not None})
+    return values
+
+
+def load_settings(environ: Mapping[str, str] | None = None, directory: Path | None = None) -> Settings:
+    """Build Settings from `environ` (default: os.environ merged over the dotenv files).
+
+    Raises ConfigError with one sentence naming the first bad variable.
+    """
+    if environ is None:
+        merged = _read_dotenv_files(directory or Path.cwd())
+        merged.update(os.environ)
+        environ = merged
+    raw = {field: environ[env] for env, field in ENV_VARS.items() if environ.get(env, "") != ""}
+    try:
+        return Settings(**raw)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = str(error["loc"][0]) if error["loc"] else ""
+        variable = _FIELD_TO_ENV.get(field, field)
+        shown = raw.get(field)
+        secret = variable.endswith(("KEY", "KEYS", "SECRET"))
+        got = "" if shown is None or secret else f" (got {shown!r})"
+        message = str(error["msg"]).removeprefix("Value error, ")
+        raise ConfigError(f"{variable} is invalid: {message}{got}.") from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, loaded on first use."""
+    return load_settings()
+
+
+def reset_settings() -> None:
+    """Forget cached settings (tests and `nexus dev` change the environment)."""
+    get_settings.cache_clear()

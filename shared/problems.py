@@ -1,0 +1,88 @@
+"""HTTP requests and responses independent of the runtime, and RFC 9457 problem details.
+
+Every entry point (mangum/ASGI on Lambda, functions-framework's Flask request, the CLI's
+in-process calls) converts to `HttpRequest` and from `HttpResponse`, so the status mapping
+lives in one place.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any
+
+PROBLEM_TYPE_BASE = "https://nexus-workers.dev/problems/"
+
+
+@dataclass(frozen=True)
+class HttpRequest:
+    method: str
+    path: str
+    headers: dict[str, str]  # lower-cased names
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name.lower())
+
+
+@dataclass
+class HttpResponse:
+    status: int
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def json(cls, status: int, payload: Any, content_type: str = "application/json") -> HttpResponse:
+        body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+        return cls(status, body, {"content-type": content_type})
+
+    def payload(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass(frozen=True)
+class FieldError:
+    """One bad field: `field` in dotted form (`items.0.client_id`), `detail` one sentence."""
+
+    field: str
+    detail: str
+
+    def as_dict(self) -> dict[str, str]:
+        pointer = "#/" + "/".join(self.field.split(".")) if self.field else "#"
+        return {"field": self.field, "pointer": pointer, "detail": self.detail}
+
+
+class ProblemError(Exception):
+    """Raised anywhere on a request path to answer with a problem+json response."""
+
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        *,
+        errors: list[FieldError] | None = None,
+        headers: dict[str, str] | None = None,
+        slug: str | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.errors = errors or []
+        self.headers = headers or {}
+        self.slug = slug
+
+    def to_response(self) -> HttpResponse:
+        title = HTTPStatus(self.status).phrase
+        slug = self.slug or title.lower().replace(" ", "-")
+        payload: dict[str, Any] = {
+            "type": PROBLEM_TYPE_BASE + slug,
+            "title": title,
+            "status": self.status,
+            "detail": self.detail,
+        }
+        if self.errors:
+            payload["errors"] = [error.as_dict() for error in self.errors]
+        response = HttpResponse.json(self.status, payload, "application/problem+json")
+        response.headers.update(self.headers)
+        return response

@@ -1,0 +1,88 @@
+"""Adapters from each runtime's request shape to `HttpRequest`, and back.
+
+- AWS Lambda function URLs (payload 2.0) go through mangum to a tiny ASGI app.
+- functions-framework hands a Flask request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from shared.problems import HttpRequest, HttpResponse, ProblemError
+
+Handle = Callable[[HttpRequest], HttpResponse]
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+
+def asgi_app(handle: Handle) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
+    """An ASGI app (HTTP only) that answers every request with `handle`."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        body = bytearray()
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        headers: dict[str, str] = {}
+        for raw_name, raw_value in scope.get("headers", []):
+            name, value = raw_name.decode("latin-1").lower(), raw_value.decode("latin-1")
+            headers[name] = f"{headers[name]}, {value}" if name in headers else value
+        response = handle(HttpRequest(scope["method"], scope["path"], headers, bytes(body)))
+        await send(
+            {
+                "type": "http.response.start",
+                "status": response.status,
+                "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers.items()],
+            }
+        )
+        await send({"type": "http.response.body", "body": response.body})
+
+    return app
+
+
+def is_function_url_event(event: Any) -> bool:
+    """True for a Lambda function URL / API Gateway HTTP API event (payload format 2.0)."""
+    return (
+        isinstance(event, dict)
+        and isinstance(event.get("requestContext"), dict)
+        and isinstance(event["requestContext"].get("http"), dict)
+    )
+
+
+def lambda_http_handler(handle: Handle) -> Callable[[Any, Any], dict[str, Any]]:
+    """A Lambda handler for function-URL events via mangum; other events get a 400 result."""
+    mangum_handler: Any = None
+
+    def handler(event: Any, context: Any) -> dict[str, Any]:
+        nonlocal mangum_handler
+        if not is_function_url_event(event):
+            return unrecognised_event_result("a function URL (payload 2.0) request")
+        if mangum_handler is None:
+            from mangum import Mangum
+
+            mangum_handler = Mangum(asgi_app(handle), lifespan="off")
+        result: dict[str, Any] = mangum_handler(event, context)
+        return result
+
+    return handler
+
+
+def unrecognised_event_result(expected: str) -> dict[str, Any]:
+    response = ProblemError(400, f"Unrecognised event; this function expects {expected}.").to_response()
+    return {"statusCode": response.status, "headers": response.headers, "body": response.body.decode()}
+
+
+def flask_response(response: HttpResponse) -> tuple[bytes, int, dict[str, str]]:
+    return response.body, response.status, response.headers
+
+
+def from_flask(request: Any) -> HttpRequest:
+    """Convert a functions-framework (Flask) request."""
+    headers = {name.lower(): value for name, value in request.headers.items()}
+    return HttpRequest(request.method, request.path, headers, request.get_data(cache=False))

@@ -1,0 +1,61 @@
+#!/usr/bin/env python3
+"""The project's commands, needing nothing but python3: each one sets up `.venv` first.
+
+python3 tasks.py demo     ingest (and process) the sample documents on an embedded Postgres
+python3 tasks.py test     run the whole test suite
+python3 tasks.py check    ruff lint + format check
+python3 tasks.py bench    run the benchmarks under bench/
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+EXTRAS = "all,test"
+
+
+def _run(*args: str | Path, env: dict[str, str] | None = None) -> int:
+    return subprocess.call([str(a) for a in args], cwd=ROOT, env=env)
+
+
+def ensure_venv() -> None:
+    """Create `.venv` and install the project into it, again whenever pyproject.toml changes."""
+    if not (BIN / "python").exists():
+        subprocess.check_call([sys.executable, "-m", "venv", str(VENV)])
+    stamp = VENV / ".nexus-installed"
+    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + EXTRAS.encode()).hexdigest()
+    if stamp.exists() and stamp.read_text() == wanted:
+        return
+    pip = [str(BIN / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    subprocess.check_call([*pip, "--upgrade", "pip"], cwd=ROOT)
+    subprocess.check_call([*pip, "-e", f".[{EXTRAS}]"], cwd=ROOT)
+    stamp.write_text(wanted)
+
+
+def main(argv: list[str]) -> int:
+    command = argv[0] if argv else "help"
+    rest = argv[1:]
+    if command not in {"demo", "test", "check", "bench", "nexus"}:
+        print(__doc__)
+        return 0 if command == "help" else 2
+    ensure_venv()
+    if command == "demo":
+        return _run(BIN / "nexus", "demo", *rest)
+    if command == "nexus":
+        return _run(BIN / "nexus", *rest)
+    if command == "test":
+        return _run(BIN / "python", "-m", "pytest", *rest)
+    if command == "check":
+        return _run(BIN / "ruff", "check", ".") or _run(BIN / "ruff", "format", "--check", ".")
+    return _run(BIN / "python", "bench/run.py", *rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
