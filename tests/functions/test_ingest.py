@@ -310,15 +310,21 @@ def test_twenty_concurrent_requests_with_one_key_store_one_row(
     event = url_event(item(client_id), headers={"idempotency-key": "concurrent-1"})
 
     def send(module: Any) -> tuple[int, dict[str, str], Any]:
+        # Mangum runs on the thread's event loop; give each call its own and close it.
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
         try:
             return call(module, json.loads(json.dumps(event)))
-        finally:  # mangum leaves a new event loop in each worker thread
-            asyncio.get_event_loop_policy().get_event_loop().close()
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
 
-    with ThreadPoolExecutor(max_workers=20) as pool:
-        results = list(pool.map(send, handlers))
-    for module in handlers:
-        close_function(module)
+    try:
+        with ThreadPoolExecutor(max_workers=20) as pool:
+            results = list(pool.map(send, handlers))
+    finally:
+        for module in handlers:
+            close_function(module)
     assert sorted(r[0] for r in results) == [200] * 19 + [201]
     assert len({r[2]["id"] for r in results}) == 1
     assert count_items(admin, client_id) == 1
