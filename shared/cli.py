@@ -76,7 +76,11 @@ def _parse_uuid(value: str) -> uuid.UUID:
 
 
 def ingest_paths(
-    store: Any, paths: Sequence[Path], client_id: uuid.UUID, source: str | None = None
+    store: Any,
+    paths: Sequence[Path],
+    client_id: uuid.UUID,
+    source: str | None = None,
+    base: Path | None = None,
 ) -> list[tuple[Path, Any]]:
     """Ingest files (folders expanded) for one client; each file's path is its external_id, so
     re-ingesting an unchanged file is a duplicate and an edited one an update."""
@@ -87,6 +91,8 @@ def ingest_paths(
     results = []
     for path in find_documents(list(paths)):
         text = read_document(path)
+        if base is not None and path.is_relative_to(base):
+            path = path.relative_to(base)
         if not text.strip():
             print(f"skipped {path}: no text", file=sys.stderr)
             continue
@@ -126,10 +132,52 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def process_all(settings: Settings, store: Any, item_id: uuid.UUID | None = None, quiet: bool = False) -> Any:
+    """Process one item, or everything claimable, with a progress bar."""
+    from shared.pipeline import processor_from_settings
+    from shared.progress import progress_bar
+
+    if item_id is not None:
+        return processor_from_settings(settings, store).process_ids([item_id], lease_s=900)
+    counts = store.status().get("counts", {})
+    total = int(counts.get("pending", 0)) + int(counts.get("failed", 0)) + int(counts.get("processing", 0))
+    with progress_bar("processing", total, disabled=quiet) as advance:
+        processor = processor_from_settings(settings, store, progress=advance)
+        return processor.sweep(lambda: 3600.0)
+
+
+def cmd_process(args: argparse.Namespace, settings: Settings) -> int:
+    store = open_store(settings)
+    report = process_all(settings, store, args.item)
+    summary = report.as_dict()
+    print(
+        f"{summary['done']} done, {summary['failed']} failed, {summary['chunks']} chunks "
+        f"({summary['embedded_chunks']} embedded, {summary['embedded_tokens']} tokens; the rest reused)"
+    )
+    if args.item is not None and not report.claimed:
+        print(f"item {args.item} needed no processing (already done, leased elsewhere, or unknown)")
+    return 1 if report.failed else 0
+
+
+def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
+    from shared.search import search
+
+    hits = search(open_store(settings), settings, args.query, args.k, args.client_id)
+    if args.json:
+        print(json.dumps([hit.as_dict() for hit in hits], ensure_ascii=False, indent=2))
+        return 0
+    if not hits:
+        print("no results")
+    for rank, hit in enumerate(hits, 1):
+        snippet = " ".join(hit.content.split())[:160]
+        print(f"{rank:>2}. {hit.similarity:.3f}  {hit.source}  [{hit.chunk_index}]\n    {snippet}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from shared.demo import run_demo
 
-    return run_demo(open_store(settings), EXAMPLES_DIR)
+    return run_demo(open_store(settings), settings, EXAMPLES_DIR)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -148,7 +196,24 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true")
     status.set_defaults(run=cmd_status)
 
+    process = commands.add_parser("process", help="chunk, embed and summarise pending items")
+    which = process.add_mutually_exclusive_group()
+    which.add_argument("--item", type=_parse_uuid, help="process this item only")
+    which.add_argument("--all", action="store_true", help="process everything claimable (the default)")
+    process.set_defaults(run=cmd_process)
+
+    search = commands.add_parser("search", help="semantic search over the chunks")
+    search.add_argument("query")
+    search.add_argument("--client-id", type=_parse_uuid)
+    search.add_argument("-k", type=int, default=5, help="how many results (default 5)")
+    search.add_argument("--json", action="store_true", help="print a JSON array, best first")
+    search.set_defaults(run=cmd_search)
+
     commands.add_parser("demo", help="run the whole job on the sample documents").set_defaults(run=cmd_demo)
+
+    from shared.gcal_cli import add_gcal_commands
+
+    add_gcal_commands(commands)
     return parser
 
 

@@ -42,6 +42,9 @@ ENV_VARS: dict[str, str] = {
     "GOOGLE_AUTH_URI": "google_auth_uri",
     "NEXUS_TOKEN_ENCRYPTION_KEY": "token_encryption_key",
     "NEXUS_HOME": "home",
+    "NEXUS_RETRY_BASE_SECONDS": "retry_base_s",
+    "NEXUS_EMBEDDING_CONCURRENCY": "embedding_concurrency",
+    "NEXUS_BATCH_TOKENS": "batch_tokens",
 }
 _FIELD_TO_ENV = {field: env for env, field in ENV_VARS.items()}
 
@@ -75,6 +78,10 @@ class Settings(BaseModel):
     google_auth_uri: str = "https://accounts.google.com/o/oauth2/auth"
     token_encryption_key: str | None = Field(default=None, repr=False)
     home: str = ".nexus"
+    retry_base_s: float = Field(default=30.0, ge=0)
+    embedding_concurrency: int = Field(default=4, ge=1, le=64)
+    # Work claimed per batch: enough for several full embedding requests in flight at once.
+    batch_tokens: int = Field(default=1_200_000, ge=1000)
 
     @field_validator("ingest_api_keys", mode="before")
     @classmethod

@@ -46,12 +46,15 @@ class ConnectionHolder:
         self._application_name = application_name
         self._conn: psycopg.Connection[Any] | None = None
         self._lock = threading.RLock()
+        # Per-connection setup done so far (e.g. "vector"); cleared when the connection is replaced.
+        self.prepared: set[str] = set()
 
     @contextmanager
     def connection(self) -> Iterator[psycopg.Connection[Any]]:
         """Yield the live connection; a connection-level failure closes it for the next call."""
         with self._lock:
             if self._conn is None or self._conn.closed or self._conn.broken:
+                self.prepared.clear()
                 self._conn = connect(self._dsn, application_name=self._application_name)
             try:
                 yield self._conn

@@ -21,6 +21,7 @@ class HttpRequest:
     path: str
     headers: dict[str, str]  # lower-cased names
     body: bytes
+    context: Any = None  # the Lambda context, when there is one (remaining time, request id)
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name.lower())

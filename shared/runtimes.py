@@ -33,7 +33,8 @@ def asgi_app(handle: Handle) -> Callable[[Scope, Receive, Send], Awaitable[None]
         for raw_name, raw_value in scope.get("headers", []):
             name, value = raw_name.decode("latin-1").lower(), raw_value.decode("latin-1")
             headers[name] = f"{headers[name]}, {value}" if name in headers else value
-        response = handle(HttpRequest(scope["method"], scope["path"], headers, bytes(body)))
+        request = HttpRequest(scope["method"], scope["path"], headers, bytes(body), scope.get("aws.context"))
+        response = handle(request)
         await send(
             {
                 "type": "http.response.start",

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 import uuid
+from array import array
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -37,6 +40,83 @@ class IngestOutcome:
         )
 
 
+@dataclass(frozen=True)
+class ClaimedItem:
+    """An item this worker holds the lease on, with what processing needs."""
+
+    id: uuid.UUID
+    client_id: uuid.UUID
+    source: str
+    content: str
+    content_sha256: str
+    processed_sha256: str | None
+    embedding_model: str | None
+    embedding_dimensions: int | None
+    attempts: int
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> ClaimedItem:
+        return cls(
+            id=uuid.UUID(str(row["id"])),
+            client_id=uuid.UUID(str(row["client_id"])),
+            source=row["source"],
+            content=row["content"],
+            content_sha256=row["content_sha256"],
+            processed_sha256=row["processed_sha256"],
+            embedding_model=row["embedding_model"],
+            embedding_dimensions=row["embedding_dimensions"],
+            attempts=int(row["attempts"]),
+        )
+
+
+@dataclass(frozen=True)
+class ChunkRecord:
+    chunk_index: int
+    content: str
+    embedding: array[float]
+    token_count: int
+    char_start: int
+    char_end: int
+
+
+@dataclass(frozen=True)
+class CompletedItem:
+    """A processed item ready to store: its chunks replace the old ones in one transaction."""
+
+    item: ClaimedItem
+    chunks: list[ChunkRecord]
+    summary: str
+    model: str
+    dimensions: int
+    elapsed_ms: int
+
+    @property
+    def token_count(self) -> int:
+        return sum(c.token_count for c in self.chunks)
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    id: uuid.UUID
+    knowledge_item_id: uuid.UUID
+    client_id: uuid.UUID
+    chunk_index: int
+    content: str
+    source: str
+    similarity: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": str(self.id),
+            "knowledge_item_id": str(self.knowledge_item_id),
+            "client_id": str(self.client_id),
+            "chunk_index": self.chunk_index,
+            "content": self.content,
+            "source": self.source,
+            "similarity": self.similarity,
+        }
+
+
 class Store(Protocol):
     def ingest_items(self, items: list[dict[str, Any]]) -> list[IngestOutcome]:
         """Store items atomically (all or, on unknown client / key conflict, none)."""
@@ -48,6 +128,62 @@ class Store(Protocol):
 
     def status(self) -> dict[str, Any]:
         """Counts per status, the oldest pending item's time, and recent failures."""
+        ...
+
+    def claim_items(
+        self,
+        worker: str,
+        lease_s: float,
+        max_items: int,
+        max_attempts: int,
+        item_ids: list[uuid.UUID] | None = None,
+        max_chars: int | None = None,
+    ) -> list[ClaimedItem]:
+        """Lease up to `max_items` items (and `max_chars` characters) for `worker`, oldest first
+        (see `claim_knowledge_items`)."""
+        ...
+
+    def find_embeddings(self, hashes: list[str], model: str, dimensions: int) -> dict[str, array[float]]:
+        """Stored embeddings by chunk text sha256 for this model and dimensions."""
+        ...
+
+    def complete_items(self, worker: str, completed: list[CompletedItem]) -> set[uuid.UUID]:
+        """Replace each item's chunks and mark it done, atomically; returns the ids stored
+        (an item whose lease was lost or whose content changed meanwhile is left alone)."""
+        ...
+
+    def fail_item(
+        self,
+        item_id: uuid.UUID,
+        worker: str,
+        error: str,
+        max_attempts: int,
+        retry_base_s: float,
+        permanent: bool,
+    ) -> str | None:
+        """Record a failed attempt; returns the new status (None if the lease was lost)."""
+        ...
+
+    def release_items(self, item_ids: list[uuid.UUID], worker: str) -> int:
+        """Give unstarted claims back without counting an attempt."""
+        ...
+
+    def client_summary(self, client_id: uuid.UUID) -> str | None:
+        """The client's current summary, if it has one."""
+        ...
+
+    def client_summary_backlog(self, client_id: uuid.UUID) -> dict[str, Any]:
+        """{"summary", "version", "items": [{"id", "summary"}]} still to fold for a client."""
+        ...
+
+    def save_client_summary(
+        self, client_id: uuid.UUID, expected_version: int, summary: str, item_ids: list[uuid.UUID], model: str
+    ) -> bool:
+        """Store a folded summary unless another was saved since `expected_version`."""
+        ...
+
+    def search(self, embedding: array[float], k: int, client_id: uuid.UUID | None) -> list[SearchHit]:
+        """The `k` chunks nearest to `embedding` (cosine), optionally for one client."""
         ...
 
 
@@ -72,6 +208,163 @@ class PostgresStore:
         with self.holder.connection() as conn:
             row = conn.execute("select public.knowledge_status() as status").fetchone()
         return dict(row["status"]) if row else {}
+
+    @contextmanager
+    def _vector_connection(self) -> Iterator[Any]:
+        """The connection, with pgvector's type registered on it once."""
+        from shared.vectors import register_vector_type
+
+        with self.holder.connection() as conn:
+            if "vector" not in self.holder.prepared:
+                register_vector_type(conn)
+                self.holder.prepared.add("vector")
+            yield conn
+
+    def claim_items(
+        self,
+        worker: str,
+        lease_s: float,
+        max_items: int,
+        max_attempts: int,
+        item_ids: list[uuid.UUID] | None = None,
+        max_chars: int | None = None,
+    ) -> list[ClaimedItem]:
+        with self.holder.connection() as conn:
+            rows = conn.execute(
+                "select * from public.claim_knowledge_items(%s, %s, %s, %s, %s, %s)",
+                (worker, lease_s, max_items, max_attempts, item_ids, max_chars),
+            ).fetchall()
+        return [ClaimedItem.from_row(row) for row in rows]
+
+    def find_embeddings(self, hashes: list[str], model: str, dimensions: int) -> dict[str, array[float]]:
+        if not hashes:
+            return {}
+        with self._vector_connection() as conn:
+            cursor = conn.cursor(binary=True)
+            rows = cursor.execute(
+                "select content_sha256, embedding from public.find_chunk_embeddings(%s, %s, %s)",
+                (hashes, model, dimensions),
+            ).fetchall()
+        return {row["content_sha256"]: row["embedding"] for row in rows}
+
+    def complete_items(self, worker: str, completed: list[CompletedItem]) -> set[uuid.UUID]:
+        if not completed:
+            return set()
+        with self._vector_connection() as conn, conn.transaction():
+            stored = self._finish(conn, worker, completed)
+            if stored:
+                conn.execute(
+                    "delete from knowledge_chunks where knowledge_item_id = any(%s)", (list(stored),)
+                )
+                self._copy_chunks(conn, [c for c in completed if c.item.id in stored])
+        return stored
+
+    @staticmethod
+    def _finish(conn: Any, worker: str, completed: list[CompletedItem]) -> set[uuid.UUID]:
+        params = [
+            (
+                c.item.id,
+                worker,
+                c.item.content_sha256,
+                c.summary,
+                c.model,
+                c.dimensions,
+                len(c.chunks),
+                c.token_count,
+                c.elapsed_ms,
+            )
+            for c in completed
+        ]
+        stored: set[uuid.UUID] = set()
+        with conn.cursor() as cursor:
+            cursor.executemany(
+                "select public.finish_knowledge_item(%s, %s, %s, %s, %s, %s, %s, %s, %s) as ok",
+                params,
+                returning=True,
+            )
+            for c in completed:
+                row = cursor.fetchone()
+                if row and row["ok"]:
+                    stored.add(c.item.id)
+                cursor.nextset()
+        return stored
+
+    @staticmethod
+    def _copy_chunks(conn: Any, completed: list[CompletedItem]) -> None:
+        columns = (
+            "knowledge_item_id, chunk_index, content, embedding, client_id, token_count, "
+            "embedding_model, embedding_dimensions, char_start, char_end"
+        )
+        statement = f"copy public.knowledge_chunks ({columns}) from stdin (format binary)"
+        with conn.cursor() as cursor, cursor.copy(statement) as copy:
+            copy.set_types(["uuid", "int4", "text", "vector", "uuid", "int4", "text", "int4", "int4", "int4"])
+            for c in completed:
+                for chunk in c.chunks:
+                    copy.write_row(
+                        (
+                            c.item.id,
+                            chunk.chunk_index,
+                            chunk.content,
+                            chunk.embedding,
+                            c.item.client_id,
+                            chunk.token_count,
+                            c.model,
+                            c.dimensions,
+                            chunk.char_start,
+                            chunk.char_end,
+                        )
+                    )
+
+    def fail_item(
+        self,
+        item_id: uuid.UUID,
+        worker: str,
+        error: str,
+        max_attempts: int,
+        retry_base_s: float,
+        permanent: bool,
+    ) -> str | None:
+        with self.holder.connection() as conn:
+            row = conn.execute(
+                "select public.fail_knowledge_item(%s, %s, %s, %s, %s, %s) as status",
+                (item_id, worker, error, max_attempts, retry_base_s, permanent),
+            ).fetchone()
+        return row["status"] if row else None
+
+    def release_items(self, item_ids: list[uuid.UUID], worker: str) -> int:
+        if not item_ids:
+            return 0
+        with self.holder.connection() as conn:
+            row = conn.execute(
+                "select public.release_knowledge_items(%s, %s) as n", (item_ids, worker)
+            ).fetchone()
+        return int(row["n"]) if row else 0
+
+    def client_summary(self, client_id: uuid.UUID) -> str | None:
+        backlog = self.client_summary_backlog(client_id)
+        return backlog.get("summary") or None
+
+    def client_summary_backlog(self, client_id: uuid.UUID) -> dict[str, Any]:
+        with self.holder.connection() as conn:
+            row = conn.execute("select public.client_summary_backlog(%s) as backlog", (client_id,)).fetchone()
+        return dict(row["backlog"]) if row else {"summary": "", "version": 0, "items": []}
+
+    def save_client_summary(
+        self, client_id: uuid.UUID, expected_version: int, summary: str, item_ids: list[uuid.UUID], model: str
+    ) -> bool:
+        with self.holder.connection() as conn:
+            row = conn.execute(
+                "select public.save_client_summary(%s, %s, %s, %s, %s) as ok",
+                (client_id, expected_version, summary, item_ids, model),
+            ).fetchone()
+        return bool(row and row["ok"])
+
+    def search(self, embedding: array[float], k: int, client_id: uuid.UUID | None) -> list[SearchHit]:
+        with self._vector_connection() as conn:
+            rows = conn.execute(
+                "select * from public.match_knowledge_chunks(%s, %s, %s)", (embedding, k, client_id)
+            ).fetchall()
+        return [SearchHit(**row) for row in rows]
 
 
 def _dumps(value: Any) -> str:

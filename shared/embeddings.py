@@ -1,0 +1,342 @@
+"""Embedders: `embed(texts) -> vectors`. OpenAI (any compatible endpoint) and a local offline one.
+
+The OpenAI embedder packs inputs into as few requests as the API allows (≤ 2048 inputs,
+≤ 300,000 tokens per request counted exactly, ≤ 8191 tokens per input), runs a bounded number
+of requests concurrently, and retries 429 / 5xx / timeouts with exponential backoff and full
+jitter, honouring Retry-After. `insufficient_quota` and other 4xx stop at once: retrying cannot
+help and would only cost money.
+
+It speaks HTTP with httpx rather than through the openai SDK: the SDK adds ~0.5 s to a cold
+start and decodes every vector into Python floats; here base64 float32 goes straight to
+`array('f')`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+import re
+import sys
+import threading
+import time
+import zlib
+from array import array
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from itertools import pairwise
+from math import log, sqrt
+from typing import Any, Protocol
+
+from shared.errors import ConfigError, NexusError
+from shared.tokens import count_tokens
+
+MAX_INPUTS_PER_REQUEST = 2048
+MAX_TOKENS_PER_REQUEST = 300_000
+MAX_TOKENS_PER_INPUT = 8191
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+LOCAL_MODEL = "local-hash-v1"
+
+
+class EmbeddingError(NexusError):
+    """Embedding failed. `retryable` says whether a later attempt may succeed."""
+
+    def __init__(self, message: str, *, retryable: bool) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class Embedder(Protocol):
+    model: str
+    dimensions: int
+
+    def embed(self, texts: Sequence[str], token_counts: Sequence[int] | None = None) -> list[array[float]]:
+        """One vector per text, in order. `token_counts` (exact cl100k) saves recounting."""
+        ...
+
+
+@dataclass
+class EmbeddingStats:
+    requests: int = 0
+    inputs: int = 0
+    tokens: int = 0
+    retries: int = 0
+
+
+def pack_requests(
+    token_counts: Sequence[int],
+    max_inputs: int = MAX_INPUTS_PER_REQUEST,
+    max_tokens: int = MAX_TOKENS_PER_REQUEST,
+) -> list[range]:
+    """Split inputs, in order, into the fewest consecutive groups within both request limits."""
+    groups: list[range] = []
+    start, tokens = 0, 0
+    for i, count in enumerate(token_counts):
+        if count > MAX_TOKENS_PER_INPUT:
+            raise EmbeddingError(
+                f"An input has {count} tokens, over the {MAX_TOKENS_PER_INPUT}-token limit per input.",
+                retryable=False,
+            )
+        if i > start and (i - start >= max_inputs or tokens + count > max_tokens):
+            groups.append(range(start, i))
+            start, tokens = i, 0
+        tokens += count
+    if start < len(token_counts):
+        groups.append(range(start, len(token_counts)))
+    return groups
+
+
+def _retry_after_s(headers: Any) -> float | None:
+    """Seconds from `retry-after-ms` or `Retry-After` (seconds or an HTTP date), if present."""
+    if headers.get("retry-after-ms"):
+        try:
+            return float(headers["retry-after-ms"]) / 1000
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        try:
+            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+        except (TypeError, ValueError):
+            return None
+
+
+def _error_of(body: bytes) -> tuple[str, str]:
+    """(code or type, message) from an OpenAI error body, tolerating anything."""
+    try:
+        error = json.loads(body).get("error") or {}
+        return str(error.get("code") or error.get("type") or ""), str(error.get("message") or "")[:300]
+    except (ValueError, AttributeError):
+        return "", ""
+
+
+@dataclass
+class RetryPolicy:
+    max_attempts: int = 6
+    base_s: float = 0.5
+    cap_s: float = 20.0
+    sleep: Callable[[float], None] = time.sleep
+
+    def delay_s(self, attempt: int, retry_after_s: float | None) -> float:
+        if retry_after_s is not None:
+            return min(retry_after_s, self.cap_s * 3)
+        return random.uniform(0, min(self.cap_s, self.base_s * 2**attempt))  # noqa: S311 - jitter
+
+
+class OpenAIEmbedder:
+    """Embeddings from OpenAI's `/embeddings` API (or any compatible server)."""
+
+    def __init__(
+        self,
+        api_key: str,
+        model: str = "text-embedding-3-small",
+        dimensions: int = 1536,
+        base_url: str | None = None,
+        concurrency: int = 4,
+        timeout_s: float = 60.0,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        import httpx
+
+        self.model = model
+        self.dimensions = dimensions
+        self.concurrency = max(1, concurrency)
+        self.retry = retry or RetryPolicy()
+        self.stats = EmbeddingStats()
+        self._stats_lock = threading.Lock()
+        self._client = httpx.Client(
+            base_url=(base_url or DEFAULT_BASE_URL).rstrip("/") + "/",
+            headers={"authorization": f"Bearer {api_key}"},
+            timeout=httpx.Timeout(timeout_s, connect=10.0),
+            limits=httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency),
+        )
+
+    def close(self) -> None:
+        self._client.close()
+
+    def embed(self, texts: Sequence[str], token_counts: Sequence[int] | None = None) -> list[array[float]]:
+        if not texts:
+            return []
+        counts = list(token_counts) if token_counts is not None else [count_tokens(t) for t in texts]
+        groups = pack_requests(counts)
+        results: list[array[float]] = [array("f")] * len(texts)
+
+        def run(group: range) -> None:
+            vectors = self._request([texts[i] for i in group], sum(counts[i] for i in group))
+            for i, vector in zip(group, vectors, strict=True):
+                results[i] = vector
+
+        if len(groups) == 1:
+            run(groups[0])
+        else:
+            with ThreadPoolExecutor(max_workers=min(self.concurrency, len(groups))) as pool:
+                for future in [pool.submit(run, group) for group in groups]:
+                    future.result()
+        return results
+
+    def _request(self, inputs: list[str], tokens: int) -> list[array[float]]:
+        import httpx
+
+        body: dict[str, Any] = {"model": self.model, "input": inputs, "encoding_format": "base64"}
+        if self.model.startswith("text-embedding-3"):
+            body["dimensions"] = self.dimensions
+        last_problem = ""
+        for attempt in range(self.retry.max_attempts):
+            retry_after = None
+            try:
+                response = self._client.post("embeddings", json=body)
+            except httpx.TimeoutException:
+                last_problem = "the embeddings request timed out"
+            except httpx.TransportError as exc:
+                last_problem = f"the embeddings endpoint could not be reached ({type(exc).__name__})"
+            else:
+                if response.status_code == 200:
+                    try:
+                        vectors = self._parse(response.content, len(inputs))
+                    except EmbeddingError as exc:
+                        last_problem = str(exc)
+                    else:
+                        self._count(len(inputs), tokens, attempt)
+                        return vectors
+                else:
+                    last_problem, retry_after = self._classify(response)
+            if attempt + 1 < self.retry.max_attempts:
+                self.retry.sleep(self.retry.delay_s(attempt, retry_after))
+        raise EmbeddingError(
+            f"Embedding failed after {self.retry.max_attempts} attempts: {last_problem}.", retryable=True
+        )
+
+    def _classify(self, response: Any) -> tuple[str, float | None]:
+        """Raise for answers that retrying cannot fix; else describe the transient problem."""
+        code, message = _error_of(response.content)
+        status = response.status_code
+        if code == "insufficient_quota":
+            raise EmbeddingError(
+                "The OpenAI account has no quota left (insufficient_quota); add credit, then reprocess.",
+                retryable=False,
+            )
+        if status == 429 or status >= 500 or status == 408:
+            return f"HTTP {status} {code}".strip(), _retry_after_s(response.headers)
+        raise EmbeddingError(
+            f"The embeddings endpoint rejected the request (HTTP {status} {code}): {message}".rstrip(": "),
+            retryable=False,
+        )
+
+    def _parse(self, content: bytes, expected: int) -> list[array[float]]:
+        try:
+            data = sorted(json.loads(content)["data"], key=lambda d: d["index"])
+            vectors = [_decode_embedding(d["embedding"]) for d in data]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise EmbeddingError(
+                f"malformed embeddings response ({type(exc).__name__})", retryable=True
+            ) from None
+        if len(vectors) != expected or any(len(v) != self.dimensions for v in vectors):
+            raise EmbeddingError(
+                f"the embeddings response had {len(vectors)} vectors, expected {expected} of "
+                f"{self.dimensions} dimensions",
+                retryable=True,
+            )
+        return vectors
+
+    def _count(self, inputs: int, tokens: int, retries: int) -> None:
+        with self._stats_lock:
+            self.stats.requests += 1
+            self.stats.inputs += inputs
+            self.stats.tokens += tokens
+            self.stats.retries += retries
+
+
+def _decode_embedding(value: Any) -> array[float]:
+    if isinstance(value, str):
+        vector = array("f")
+        vector.frombytes(base64.b64decode(value, validate=True))
+        if sys.byteorder == "big":
+            vector.byteswap()
+        return vector
+    return array("f", value)
+
+
+_TOKEN = re.compile(r"\w+", re.UNICODE)
+
+
+class LocalEmbedder:
+    """Offline, deterministic, no download: hashed word, word-pair and character-trigram features,
+    log-scaled and L2-normalised. Its similarity is lexical (shared words and spellings), not
+    semantic: good for development, demos and tests, not a substitute for a real model."""
+
+    def __init__(self, dimensions: int = 1536) -> None:
+        self.model = LOCAL_MODEL
+        self.dimensions = dimensions
+        self.stats = EmbeddingStats()
+
+    def embed(self, texts: Sequence[str], token_counts: Sequence[int] | None = None) -> list[array[float]]:
+        vectors = [self._vector(text) for text in texts]
+        self.stats.requests += 1 if texts else 0
+        self.stats.inputs += len(texts)
+        return vectors
+
+    def _vector(self, text: str) -> array[float]:
+        weights: dict[str, float] = {}
+        words = [w.lower() for w in _TOKEN.findall(text)]
+        for word in words:
+            weights["w " + word] = weights.get("w " + word, 0.0) + 1.0
+            padded = f"#{word}#"
+            for i in range(len(padded) - 2):
+                key = "c " + padded[i : i + 3]
+                weights[key] = weights.get(key, 0.0) + 0.25
+        for first, second in pairwise(words):
+            key = f"b {first} {second}"
+            weights[key] = weights.get(key, 0.0) + 0.5
+        values = [0.0] * self.dimensions
+        for key, weight in weights.items():
+            digest = zlib.crc32(key.encode())
+            values[digest % self.dimensions] += (1.0 + log(1.0 + weight)) * (1 if digest & 0x80000000 else -1)
+        norm = sqrt(sum(v * v for v in values))
+        return array("f", [v / norm for v in values] if norm else values)
+
+
+_embedders: dict[tuple[Any, ...], Embedder] = {}
+_embedders_lock = threading.Lock()
+
+
+def embedder_from_settings(settings: Any) -> Embedder:
+    """The configured embedder, created once per process and reused across warm invocations."""
+    key = (
+        settings.embedding_provider,
+        settings.embedding_model,
+        settings.embedding_dimensions,
+        settings.openai_base_url,
+        settings.openai_api_key,
+    )
+    with _embedders_lock:
+        if key not in _embedders:
+            if settings.embedding_provider == "local":
+                _embedders[key] = LocalEmbedder(settings.embedding_dimensions)
+            else:
+                if not settings.openai_api_key:
+                    raise ConfigError(
+                        "OPENAI_API_KEY is not set (or set NEXUS_EMBEDDING_PROVIDER=local for offline use)."
+                    )
+                _embedders[key] = OpenAIEmbedder(
+                    settings.openai_api_key,
+                    settings.embedding_model,
+                    settings.embedding_dimensions,
+                    settings.openai_base_url,
+                    concurrency=settings.embedding_concurrency,
+                )
+        return _embedders[key]
+
+
+def embed_text(text: str, embedder: Embedder | None = None) -> list[float]:
+    """The embedding of one text as a list of floats (kept from the seed)."""
+    if embedder is None:
+        from shared.config import get_settings
+
+        embedder = embedder_from_settings(get_settings())
+    return embedder.embed([text])[0].tolist()

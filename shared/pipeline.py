@@ -1,0 +1,337 @@
+"""Processing: claimed items → chunks → embeddings (reused where the text was seen before) →
+summaries → stored atomically, then each affected client's summary folded.
+
+Every trigger (webhook, queue message, schedule, CLI) ends here. Delivery is at-least-once:
+claims are leased (`FOR UPDATE SKIP LOCKED`), completion checks the lease and the content hash,
+and embeddings are looked up by chunk text hash first, so a repeat costs no second embedding pass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from shared.chunking import Chunk, split_text
+from shared.embeddings import Embedder, EmbeddingError
+from shared.logs import get_logger
+from shared.store import ChunkRecord, ClaimedItem, CompletedItem, Store
+from shared.summaries import Summarizer, SummaryError
+
+LEASE_MARGIN_S = 30.0  # a lease outlives its invocation by this much, no more
+SWEEP_RESERVE_S = 5.0  # stop claiming when less than this is left
+MAX_CLAIM_ITEMS = 2000
+FIND_BATCH = 1000
+CHARS_PER_TOKEN = 4
+
+
+@dataclass
+class ProcessingReport:
+    """What a processing run did; `failed_ids` lets queue triggers report partial failures."""
+
+    claimed: int = 0
+    done: int = 0
+    failed: int = 0
+    lost: int = 0
+    chunks: int = 0
+    reused_chunks: int = 0
+    embedded_chunks: int = 0
+    embedded_tokens: int = 0
+    done_ids: set[uuid.UUID] = field(default_factory=set)
+    failed_ids: set[uuid.UUID] = field(default_factory=set)
+
+    def merge(self, other: ProcessingReport) -> None:
+        for name in (
+            "claimed",
+            "done",
+            "failed",
+            "lost",
+            "chunks",
+            "reused_chunks",
+            "embedded_chunks",
+            "embedded_tokens",
+        ):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.done_ids |= other.done_ids
+        self.failed_ids |= other.failed_ids
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "claimed": self.claimed,
+            "done": self.done,
+            "failed": self.failed,
+            "lost": self.lost,
+            "chunks": self.chunks,
+            "reused_chunks": self.reused_chunks,
+            "embedded_chunks": self.embedded_chunks,
+            "embedded_tokens": self.embedded_tokens,
+        }
+
+
+def new_worker_id(invocation_id: str | None = None) -> str:
+    """Who holds a lease: host, pid and the invocation (or a random suffix)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{invocation_id or uuid.uuid4().hex[:12]}"
+
+
+def sha256_hex(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+@dataclass
+class _Prepared:
+    item: ClaimedItem
+    chunks: list[Chunk]
+    hashes: list[str]
+    started: float
+
+
+class Processor:
+    """Processes items with one store, embedder and summariser (collaborators are parameters)."""
+
+    def __init__(
+        self,
+        store: Store,
+        embedder: Embedder,
+        summarizer: Summarizer,
+        *,
+        chunk_tokens: int = 350,
+        chunk_overlap: int = 0,
+        max_attempts: int = 5,
+        retry_base_s: float = 30.0,
+        batch_tokens: int = 1_200_000,
+        summary_concurrency: int = 4,
+        worker: str | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.embedder = embedder
+        self.summarizer = summarizer
+        self.chunk_tokens = chunk_tokens
+        self.chunk_overlap = chunk_overlap
+        self.max_attempts = max_attempts
+        self.retry_base_s = retry_base_s
+        self.batch_chars = batch_tokens * CHARS_PER_TOKEN
+        self.summary_concurrency = summary_concurrency
+        self.worker = worker or new_worker_id()
+        self.progress = progress
+        self.logger = get_logger()
+
+    # -- entry points -------------------------------------------------------------------------
+
+    def process_ids(self, item_ids: Iterable[uuid.UUID], lease_s: float) -> ProcessingReport:
+        """Claim and process these items (those already done, gone, or leased elsewhere are skipped)."""
+        ids = list(dict.fromkeys(item_ids))
+        if not ids:
+            return ProcessingReport()
+        claimed = self.store.claim_items(self.worker, lease_s, len(ids), self.max_attempts, item_ids=ids)
+        return self.process_claimed(claimed)
+
+    def sweep(self, remaining_s: Callable[[], float]) -> ProcessingReport:
+        """Claim and process batches until nothing is left or the time is nearly up.
+
+        Each claim's lease is the remaining time plus LEASE_MARGIN_S, so a crashed invocation's
+        items become claimable again shortly after it must have ended.
+        """
+        report = ProcessingReport()
+        while remaining_s() > SWEEP_RESERVE_S:
+            claimed = self.store.claim_items(
+                self.worker,
+                remaining_s() + LEASE_MARGIN_S,
+                MAX_CLAIM_ITEMS,
+                self.max_attempts,
+                max_chars=self.batch_chars,
+            )
+            if not claimed:
+                break
+            report.merge(self.process_claimed(claimed))
+        return report
+
+    # -- the pipeline -------------------------------------------------------------------------
+
+    def process_claimed(self, items: list[ClaimedItem]) -> ProcessingReport:
+        """Process items this worker has claimed. Never raises for an item's failure: it is
+        recorded on the item (last_error, attempts) and reported in `failed_ids`."""
+        report = ProcessingReport(claimed=len(items))
+        if not items:
+            return report
+        prepared = [self._chunk(item) for item in items]
+        vectors, failure = self._embeddings(prepared, report)
+        if failure is not None:
+            needs = [p for p in prepared if any(h not in vectors for h in p.hashes)]
+            for p in needs:
+                self._fail(p.item, failure, report)
+            prepared = [p for p in prepared if p not in needs]
+        summaries = self._summaries(prepared, report)
+        completed = [
+            self._completed(p, vectors, summaries[p.item.id]) for p in prepared if p.item.id in summaries
+        ]
+        stored = self.store.complete_items(self.worker, completed)
+        for c in completed:
+            self._record_completion(c, stored, report)
+        self._fold_clients({c.item.client_id for c in completed if c.item.id in stored})
+        return report
+
+    def _chunk(self, item: ClaimedItem) -> _Prepared:
+        started = time.monotonic()
+        chunks = split_text(item.content, self.chunk_tokens, self.chunk_overlap)
+        return _Prepared(item, chunks, [sha256_hex(c.text) for c in chunks], started)
+
+    def _embeddings(
+        self, prepared: list[_Prepared], report: ProcessingReport
+    ) -> tuple[dict[str, Any], EmbeddingError | None]:
+        """Vectors by chunk hash: stored ones reused, the rest embedded once each."""
+        texts: dict[str, tuple[str, int]] = {}
+        for p in prepared:
+            for chunk, digest in zip(p.chunks, p.hashes, strict=True):
+                texts.setdefault(digest, (chunk.text, chunk.token_count))
+        hashes = list(texts)
+        vectors: dict[str, Any] = {}
+        for start in range(0, len(hashes), FIND_BATCH):
+            vectors.update(
+                self.store.find_embeddings(
+                    hashes[start : start + FIND_BATCH], self.embedder.model, self.embedder.dimensions
+                )
+            )
+        missing = [h for h in hashes if h not in vectors]
+        if missing:
+            try:
+                embedded = self.embedder.embed([texts[h][0] for h in missing], [texts[h][1] for h in missing])
+            except EmbeddingError as exc:
+                return vectors, exc
+            vectors.update(zip(missing, embedded, strict=True))
+            report.embedded_chunks += len(missing)
+            report.embedded_tokens += sum(texts[h][1] for h in missing)
+        return vectors, None
+
+    def _summaries(self, prepared: list[_Prepared], report: ProcessingReport) -> dict[uuid.UUID, str]:
+        def summarize(p: _Prepared) -> tuple[_Prepared, str | SummaryError]:
+            try:
+                chunks = [c.text for c in p.chunks] if self.chunk_overlap == 0 else [p.item.content]
+                return p, self.summarizer.summarize_item(chunks, p.item.source)
+            except SummaryError as exc:
+                return p, exc
+
+        if self.summary_concurrency > 1 and len(prepared) > 1 and not _is_local(self.summarizer):
+            with ThreadPoolExecutor(max_workers=self.summary_concurrency) as pool:
+                results = list(pool.map(summarize, prepared))
+        else:
+            results = [summarize(p) for p in prepared]
+        summaries: dict[uuid.UUID, str] = {}
+        for p, outcome in results:
+            if isinstance(outcome, SummaryError):
+                self._fail(p.item, outcome, report)
+            else:
+                summaries[p.item.id] = outcome
+        return summaries
+
+    def _completed(self, p: _Prepared, vectors: dict[str, Any], summary: str) -> CompletedItem:
+        records = [
+            ChunkRecord(c.index, c.text, vectors[h], c.token_count, c.char_start, c.char_end)
+            for c, h in zip(p.chunks, p.hashes, strict=True)
+        ]
+        elapsed_ms = int((time.monotonic() - p.started) * 1000)
+        return CompletedItem(
+            p.item, records, summary, self.embedder.model, self.embedder.dimensions, elapsed_ms
+        )
+
+    def _record_completion(self, c: CompletedItem, stored: set[uuid.UUID], report: ProcessingReport) -> None:
+        if c.item.id in stored:
+            report.done += 1
+            report.done_ids.add(c.item.id)
+            report.chunks += len(c.chunks)
+            outcome = "done"
+        else:
+            report.lost += 1
+            outcome = "lease lost or content changed; left to its new owner"
+        self.logger.info(
+            "knowledge item processed",
+            extra={
+                "knowledge_item_id": str(c.item.id),
+                "client_id": str(c.item.client_id),
+                "attempt": c.item.attempts,
+                "chunks": len(c.chunks),
+                "tokens": c.token_count,
+                "outcome": outcome,
+            },
+        )
+        if self.progress is not None:
+            self.progress(1)
+
+    def _fail(
+        self, item: ClaimedItem, error: EmbeddingError | SummaryError, report: ProcessingReport
+    ) -> None:
+        permanent = not error.retryable and "insufficient_quota" not in str(error)
+        status = self.store.fail_item(
+            item.id, self.worker, str(error), self.max_attempts, self.retry_base_s, permanent
+        )
+        report.failed += 1
+        report.failed_ids.add(item.id)
+        self.logger.warning(
+            "knowledge item failed",
+            extra={
+                "knowledge_item_id": str(item.id),
+                "client_id": str(item.client_id),
+                "attempt": item.attempts,
+                "error": str(error),
+                "status": status,
+            },
+        )
+        if self.progress is not None:
+            self.progress(1)
+
+    def _fold_clients(self, client_ids: set[uuid.UUID]) -> None:
+        for client_id in sorted(client_ids):
+            try:
+                fold_client_summary(self.store, self.summarizer, client_id)
+            except SummaryError as exc:  # the backlog stays; the next run for this client folds it
+                self.logger.warning(
+                    "client summary not updated", extra={"client_id": str(client_id), "error": str(exc)}
+                )
+
+
+def _is_local(summarizer: Summarizer) -> bool:
+    return summarizer.model.startswith("local")
+
+
+def fold_client_summary(
+    store: Store, summarizer: Summarizer, client_id: uuid.UUID, attempts: int = 3
+) -> bool:
+    """Fold the client's not-yet-folded item summaries into its summary. Optimistic: on a lost
+    race the fold is redone from the newer summary. Returns whether anything was saved."""
+    for _ in range(attempts):
+        backlog = store.client_summary_backlog(client_id)
+        items = backlog.get("items") or []
+        if not items:
+            return False
+        summary = summarizer.fold_client(backlog.get("summary") or "", [i["summary"] for i in items])
+        ids = [uuid.UUID(str(i["id"])) for i in items]
+        if store.save_client_summary(
+            client_id, int(backlog.get("version") or 0), summary, ids, summarizer.model
+        ):
+            return True
+    return False
+
+
+def processor_from_settings(settings: Any, store: Store | None = None, **kwargs: Any) -> Processor:
+    """A Processor wired from settings (providers chosen once, in config)."""
+    from shared.embeddings import embedder_from_settings
+    from shared.store import default_store
+    from shared.summaries import summarizer_from_settings
+
+    return Processor(
+        store if store is not None else default_store(settings),
+        embedder_from_settings(settings),
+        summarizer_from_settings(settings),
+        chunk_tokens=settings.chunk_tokens,
+        chunk_overlap=settings.chunk_overlap,
+        max_attempts=settings.max_attempts,
+        retry_base_s=settings.retry_base_s,
+        batch_tokens=settings.batch_tokens,
+        **kwargs,
+    )

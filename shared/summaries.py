@@ -1,0 +1,238 @@
+"""Summarisers: a summary per item and a running summary per client.
+
+The OpenAI summariser map-reduces long items: groups of chunks up to a bounded input size are
+summarised, then the partial summaries are combined, so any item fits the model's context and
+cost grows linearly. A client's summary is folded incrementally: previous client summary plus
+the new item summaries in, new client summary out; items are never re-read.
+
+The local summariser is extractive and offline: it picks the most representative sentences.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from shared.embeddings import DEFAULT_BASE_URL, RetryPolicy, _error_of, _retry_after_s
+from shared.errors import ConfigError, NexusError
+from shared.tokens import count_tokens
+
+MAP_INPUT_TOKENS = 12_000  # bounded input per call, well inside gpt-4o-mini's context
+SUMMARY_WORDS = 120
+CLIENT_SUMMARY_WORDS = 250
+
+
+class SummaryError(NexusError):
+    def __init__(self, message: str, *, retryable: bool) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class Summarizer(Protocol):
+    model: str
+
+    def summarize_item(self, chunks: Sequence[str], source: str = "") -> str:
+        """A short summary of one item given its chunks in order."""
+        ...
+
+    def fold_client(self, previous: str, item_summaries: Sequence[str]) -> str:
+        """The client's new summary from its previous one and the summaries of new items."""
+        ...
+
+
+_SENTENCE = re.compile(r"[^.!?\n]+[.!?]?", re.UNICODE)
+_WORD = re.compile(r"\w+", re.UNICODE)
+_STOP = frozenset(
+    "a an and are as at be by for from has have in is it its of on or that the this to was were will "
+    "with we you your our not no can may must should if then than their there they them these those "
+    "which who what when where how all any each per into out up so do does".split()
+)
+
+
+def _clean_sentences(text: str) -> list[str]:
+    sentences = []
+    for match in _SENTENCE.finditer(text):
+        sentence = " ".join(match.group().split()).lstrip("#>*-|0123456789. ")
+        if len(_WORD.findall(sentence)) >= 5 and "|" not in sentence:
+            sentences.append(sentence)
+    return sentences
+
+
+def extract_summary(text: str, max_words: int = SUMMARY_WORDS) -> str:
+    """The highest-scoring sentences (by frequency of their content words), in original order."""
+    sentences = _clean_sentences(text)
+    if not sentences:
+        return " ".join(text.split()[:max_words])
+    frequency = Counter(w for s in sentences for w in (x.lower() for x in _WORD.findall(s)) if w not in _STOP)
+
+    def score(sentence: str) -> float:
+        words = [w.lower() for w in _WORD.findall(sentence)]
+        content = [w for w in words if w not in _STOP]
+        return sum(frequency[w] for w in set(content)) / (len(words) ** 0.5 or 1)
+
+    ranked = sorted(range(len(sentences)), key=lambda i: (-score(sentences[i]), i))
+    chosen, words = [], 0
+    for i in ranked:
+        length = len(sentences[i].split())
+        if chosen and words + length > max_words:
+            continue
+        chosen.append(i)
+        words += length
+        if words >= max_words * 0.8:
+            break
+    return " ".join(sentences[i] for i in sorted(chosen))
+
+
+class LocalSummarizer:
+    """Extractive, offline, deterministic."""
+
+    model = "local-extractive-v1"
+
+    def summarize_item(self, chunks: Sequence[str], source: str = "") -> str:
+        return extract_summary("".join(chunks))
+
+    def fold_client(self, previous: str, item_summaries: Sequence[str]) -> str:
+        return extract_summary("\n".join([previous, *item_summaries]), CLIENT_SUMMARY_WORDS)
+
+
+class OpenAISummarizer:
+    """gpt-4o-mini (or any chat model) through `/chat/completions`, with the embedder's retry policy."""
+
+    def __init__(
+        self,
+        api_key: str,
+        model: str = "gpt-4o-mini",
+        base_url: str | None = None,
+        timeout_s: float = 90.0,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        import httpx
+
+        self.model = model
+        self.retry = retry or RetryPolicy()
+        self._client = httpx.Client(
+            base_url=(base_url or DEFAULT_BASE_URL).rstrip("/") + "/",
+            headers={"authorization": f"Bearer {api_key}"},
+            timeout=httpx.Timeout(timeout_s, connect=10.0),
+        )
+
+    def close(self) -> None:
+        self._client.close()
+
+    def summarize_item(self, chunks: Sequence[str], source: str = "") -> str:
+        groups = _group_chunks(chunks, MAP_INPUT_TOKENS)
+        instruction = (
+            f"Summarise this document{f' ({source})' if source else ''} in at most {SUMMARY_WORDS} words. "
+            "Keep names, numbers and decisions; no preamble."
+        )
+        partials = [self._complete(instruction, group) for group in groups]
+        while len(partials) > 1:  # reduce until one summary remains
+            partials = [
+                self._complete(instruction + " These are summaries of consecutive parts.", group)
+                for group in _group_chunks(partials, MAP_INPUT_TOKENS)
+            ]
+        return partials[0]
+
+    def fold_client(self, previous: str, item_summaries: Sequence[str]) -> str:
+        instruction = (
+            f"You maintain a running summary, at most {CLIENT_SUMMARY_WORDS} words, of everything one "
+            "client has shared. Update the current summary with the new document summaries; keep what "
+            "still matters, add what is new, no preamble."
+        )
+        parts = [f"Current summary:\n{previous or '(none yet)'}"]
+        parts += [f"New document summary:\n{s}" for s in item_summaries]
+        return self._complete(instruction, "\n\n".join(parts))
+
+    def _complete(self, instruction: str, text: str) -> str:
+        import httpx
+
+        body = {
+            "model": self.model,
+            "temperature": 0.2,
+            "messages": [{"role": "system", "content": instruction}, {"role": "user", "content": text}],
+        }
+        problem = ""
+        for attempt in range(self.retry.max_attempts):
+            retry_after = None
+            try:
+                response = self._client.post("chat/completions", json=body)
+            except httpx.TransportError as exc:
+                problem = f"the chat endpoint failed ({type(exc).__name__})"
+            else:
+                if response.status_code == 200:
+                    try:
+                        return str(json.loads(response.content)["choices"][0]["message"]["content"]).strip()
+                    except (ValueError, KeyError, IndexError, TypeError):
+                        problem = "malformed chat response"
+                else:
+                    code, message = _error_of(response.content)
+                    status = response.status_code
+                    if code == "insufficient_quota" or (400 <= status < 500 and status not in (408, 429)):
+                        raise SummaryError(
+                            f"The chat endpoint rejected the request (HTTP {status} {code}): {message}",
+                            retryable=False,
+                        )
+                    problem, retry_after = f"HTTP {status} {code}".strip(), _retry_after_s(response.headers)
+            if attempt + 1 < self.retry.max_attempts:
+                self.retry.sleep(self.retry.delay_s(attempt, retry_after))
+        raise SummaryError(
+            f"Summarising failed after {self.retry.max_attempts} attempts: {problem}.", retryable=True
+        )
+
+
+def _group_chunks(chunks: Sequence[str], max_tokens: int) -> list[str]:
+    groups: list[str] = []
+    current: list[str] = []
+    tokens = 0
+    for chunk in chunks:
+        count = count_tokens(chunk)
+        if current and tokens + count > max_tokens:
+            groups.append("".join(current))
+            current, tokens = [], 0
+        current.append(chunk)
+        tokens += count
+    if current:
+        groups.append("".join(current))
+    return groups or [""]
+
+
+_summarizers: dict[tuple[Any, ...], Summarizer] = {}
+_lock = threading.Lock()
+
+
+def summarizer_from_settings(settings: Any) -> Summarizer:
+    """The configured summariser, created once per process."""
+    key = (
+        settings.summary_provider,
+        settings.summary_model,
+        settings.openai_base_url,
+        settings.openai_api_key,
+    )
+    with _lock:
+        if key not in _summarizers:
+            if settings.summary_provider == "local":
+                _summarizers[key] = LocalSummarizer()
+            else:
+                if not settings.openai_api_key:
+                    raise ConfigError(
+                        "OPENAI_API_KEY is not set (or set NEXUS_SUMMARY_PROVIDER=local for offline use)."
+                    )
+                _summarizers[key] = OpenAISummarizer(
+                    settings.openai_api_key, settings.summary_model, settings.openai_base_url
+                )
+        return _summarizers[key]
+
+
+def generate_summary(client_id: str, text: str, summarizer: Summarizer | None = None) -> str:
+    """A summary of `text` (kept from the seed; `client_id` is accepted for compatibility)."""
+    if summarizer is None:
+        from shared.config import get_settings
+
+        summarizer = summarizer_from_settings(get_settings())
+    from shared.chunking import chunk_text
+
+    return summarizer.summarize_item(chunk_text(text))
