@@ -43,9 +43,10 @@ LOCAL_MODEL = "local-hash-v1"
 class EmbeddingError(NexusError):
     """Embedding failed. `retryable` says whether a later attempt may succeed."""
 
-    def __init__(self, message: str, *, retryable: bool) -> None:
+    def __init__(self, message: str, *, retryable: bool, code: str = "") -> None:
         super().__init__(message)
         self.retryable = retryable
+        self.code = code
 
 
 class Embedder(Protocol):
@@ -220,12 +221,14 @@ class OpenAIEmbedder:
             raise EmbeddingError(
                 "The OpenAI account has no quota left (insufficient_quota); add credit, then reprocess.",
                 retryable=False,
+                code="insufficient_quota",
             )
         if status == 429 or status >= 500 or status == 408:
             return f"HTTP {status} {code}".strip(), _retry_after_s(response.headers)
         raise EmbeddingError(
             f"The embeddings endpoint rejected the request (HTTP {status} {code}): {message}".rstrip(": "),
             retryable=False,
+            code=code or str(status),
         )
 
     def _parse(self, content: bytes, expected: int) -> list[array[float]]:

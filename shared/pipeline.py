@@ -161,12 +161,11 @@ class Processor:
         if not items:
             return report
         prepared = [self._chunk(item) for item in items]
-        vectors, failure = self._embeddings(prepared, report)
-        if failure is not None:
-            needs = [p for p in prepared if any(h not in vectors for h in p.hashes)]
-            for p in needs:
-                self._fail(p.item, failure, report)
-            prepared = [p for p in prepared if p not in needs]
+        vectors, failures = self._embeddings(prepared, report)
+        for p in prepared:
+            if p.item.id in failures:
+                self._fail(p.item, failures[p.item.id], report)
+        prepared = [p for p in prepared if p.item.id not in failures]
         summaries = self._summaries(prepared, report)
         completed = [
             self._completed(p, vectors, summaries[p.item.id]) for p in prepared if p.item.id in summaries
@@ -184,8 +183,10 @@ class Processor:
 
     def _embeddings(
         self, prepared: list[_Prepared], report: ProcessingReport
-    ) -> tuple[dict[str, Any], EmbeddingError | None]:
-        """Vectors by chunk hash: stored ones reused, the rest embedded once each."""
+    ) -> tuple[dict[str, Any], dict[uuid.UUID, EmbeddingError]]:
+        """Vectors by chunk hash (stored ones reused, the rest embedded once each), and the items
+        that could not be embedded. A rejected packed request is retried item by item, so one
+        poison item fails alone instead of taking its batch with it."""
         texts: dict[str, tuple[str, int]] = {}
         for p in prepared:
             for chunk, digest in zip(p.chunks, p.hashes, strict=True):
@@ -199,15 +200,35 @@ class Processor:
                 )
             )
         missing = [h for h in hashes if h not in vectors]
-        if missing:
+        try:
+            self._embed_into(vectors, missing, texts, report)
+            return vectors, {}
+        except EmbeddingError as exc:
+            if exc.retryable or exc.code == "insufficient_quota" or len(prepared) == 1:
+                return vectors, {p.item.id: exc for p in prepared if any(h not in vectors for h in p.hashes)}
+        failures: dict[uuid.UUID, EmbeddingError] = {}
+        for p in prepared:
             try:
-                embedded = self.embedder.embed([texts[h][0] for h in missing], [texts[h][1] for h in missing])
+                self._embed_into(
+                    vectors, [h for h in dict.fromkeys(p.hashes) if h not in vectors], texts, report
+                )
             except EmbeddingError as exc:
-                return vectors, exc
-            vectors.update(zip(missing, embedded, strict=True))
-            report.embedded_chunks += len(missing)
-            report.embedded_tokens += sum(texts[h][1] for h in missing)
-        return vectors, None
+                failures[p.item.id] = exc
+        return vectors, failures
+
+    def _embed_into(
+        self,
+        vectors: dict[str, Any],
+        hashes: list[str],
+        texts: dict[str, tuple[str, int]],
+        report: ProcessingReport,
+    ) -> None:
+        if not hashes:
+            return
+        embedded = self.embedder.embed([texts[h][0] for h in hashes], [texts[h][1] for h in hashes])
+        vectors.update(zip(hashes, embedded, strict=True))
+        report.embedded_chunks += len(hashes)
+        report.embedded_tokens += sum(texts[h][1] for h in hashes)
 
     def _summaries(self, prepared: list[_Prepared], report: ProcessingReport) -> dict[uuid.UUID, str]:
         def summarize(p: _Prepared) -> tuple[_Prepared, str | SummaryError]:
@@ -266,7 +287,7 @@ class Processor:
     def _fail(
         self, item: ClaimedItem, error: EmbeddingError | SummaryError, report: ProcessingReport
     ) -> None:
-        permanent = not error.retryable and "insufficient_quota" not in str(error)
+        permanent = not error.retryable and getattr(error, "code", "") != "insufficient_quota"
         status = self.store.fail_item(
             item.id, self.worker, str(error), self.max_attempts, self.retry_base_s, permanent
         )

@@ -67,7 +67,11 @@ def lambda_http_handler(handle: Handle) -> Callable[[Any, Any], dict[str, Any]]:
         if mangum_handler is None:
             from mangum import Mangum
 
-            mangum_handler = Mangum(asgi_app(handle), lifespan="off")
+            from mangum.adapter import DEFAULT_TEXT_MIME_TYPES
+
+            # problem+json is text too: answer it as a plain body, not base64.
+            mime_types = [*DEFAULT_TEXT_MIME_TYPES, "application/problem+json"]
+            mangum_handler = Mangum(asgi_app(handle), lifespan="off", text_mime_types=mime_types)
         result: dict[str, Any] = mangum_handler(event, context)
         return result
 

@@ -27,9 +27,12 @@ CLIENT_SUMMARY_WORDS = 250
 
 
 class SummaryError(NexusError):
-    def __init__(self, message: str, *, retryable: bool) -> None:
+    """Summarising failed. `retryable` says whether a later attempt may succeed."""
+
+    def __init__(self, message: str, *, retryable: bool, code: str = "") -> None:
         super().__init__(message)
         self.retryable = retryable
+        self.code = code
 
 
 class Summarizer(Protocol):
@@ -175,6 +178,7 @@ class OpenAISummarizer:
                         raise SummaryError(
                             f"The chat endpoint rejected the request (HTTP {status} {code}): {message}",
                             retryable=False,
+                            code=code or str(status),
                         )
                     problem, retry_after = f"HTTP {status} {code}".strip(), _retry_after_s(response.headers)
             if attempt + 1 < self.retry.max_attempts:

@@ -1,0 +1,245 @@
+"""The process function through its real entry points, with the local (offline) providers."""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.conftest import load_event, load_function
+
+SECRET = "whsec-test-0123456789"
+DOC = "\n\n".join(
+    f"Section {i}. The charging dock contacts need cleaning every week, and the lidar lens every day. "
+    f"Robot {i} reported a fault code E{i:03d} during the night shift." * 3
+    for i in range(12)
+)
+
+
+@pytest.fixture
+def process(function_env: pytest.MonkeyPatch) -> Iterator[Any]:
+    function_env.setenv("NEXUS_EMBEDDING_PROVIDER", "local")
+    function_env.setenv("NEXUS_SUMMARY_PROVIDER", "local")
+    function_env.setenv("NEXUS_WEBHOOK_SECRET", SECRET)
+    module = load_function("process")
+    yield module
+    processor = module.service.processor
+    if processor is not None:
+        processor.store.holder.close()
+
+
+def new_item(admin: Any, client_id: uuid.UUID, content: str = DOC) -> uuid.UUID:
+    row = admin.execute(
+        "insert into knowledge_items (client_id, source, content) values (%s, 'notes/dock.md', %s) returning id",
+        (client_id, content),
+    ).fetchone()
+    return uuid.UUID(str(row["id"]))
+
+
+def item_state(admin: Any, item_id: uuid.UUID) -> dict[str, Any]:
+    row = admin.execute(
+        "select status, processed, attempts, chunk_count, embedding_model, summary,"
+        " (select count(*) from knowledge_chunks c where c.knowledge_item_id = k.id) as chunks"
+        " from knowledge_items k where id = %s",
+        (item_id,),
+    ).fetchone()
+    return dict(row)
+
+
+def webhook_event(body: dict[str, Any], secret: str = SECRET) -> dict[str, Any]:
+    event = load_event("function_url_ingest.json")
+    event["rawPath"] = event["requestContext"]["http"]["path"] = "/"
+    event["headers"]["authorization"] = f"Bearer {secret}"
+    event["body"] = json.dumps(body)
+    return event
+
+
+def insert_body(item_id: uuid.UUID, client_id: uuid.UUID) -> dict[str, Any]:
+    body = load_event("supabase_webhook_insert.json")
+    body["record"].update(id=str(item_id), client_id=str(client_id), content=DOC)
+    return body
+
+
+def call(process: Any, event: dict[str, Any]) -> tuple[int, Any]:
+    result = process.handler(event, None)
+    return result["statusCode"], json.loads(result["body"])
+
+
+def test_webhook_insert_processes_the_item(process: Any, admin: Any, client_id: uuid.UUID) -> None:
+    item_id = new_item(admin, client_id)
+    status, body = call(process, webhook_event(insert_body(item_id, client_id)))
+    assert status == 200 and body["status"] == "done"
+    state = item_state(admin, item_id)
+    assert state["status"] == "done" and state["processed"] is True
+    assert state["chunks"] == state["chunk_count"] > 1
+    assert state["embedding_model"] == "local-hash-v1"
+    assert state["summary"]
+    chunks = admin.execute(
+        "select chunk_index, content, client_id, vector_dims(embedding) as dims, token_count"
+        " from knowledge_chunks where knowledge_item_id = %s order by chunk_index",
+        (item_id,),
+    ).fetchall()
+    assert "".join(c["content"] for c in chunks) == DOC
+    assert {c["dims"] for c in chunks} == {1536}
+    assert {c["client_id"] for c in chunks} == {client_id}
+    assert all(0 < c["token_count"] <= 350 for c in chunks)
+    summary = admin.execute(
+        "select summary, version from client_summaries where client_id = %s", (client_id,)
+    )
+    row = summary.fetchone()
+    assert row["summary"] and row["version"] == 1
+
+
+def test_webhook_needs_the_secret(process: Any, admin: Any, client_id: uuid.UUID) -> None:
+    item_id = new_item(admin, client_id)
+    status, body = call(process, webhook_event(insert_body(item_id, client_id), secret="wrong"))
+    assert status == 401 and body["status"] == 401
+    assert item_state(admin, item_id)["status"] == "pending"
+
+
+def test_webhook_redelivery_is_a_no_op(process: Any, admin: Any, client_id: uuid.UUID) -> None:
+    item_id = new_item(admin, client_id)
+    event = webhook_event(insert_body(item_id, client_id))
+    assert call(process, event)[1]["status"] == "done"
+    first = admin.execute(
+        "select id from knowledge_chunks where knowledge_item_id = %s", (item_id,)
+    ).fetchall()
+    status, body = call(process, event)
+    assert status == 200 and body["status"] == "skipped" and body["embedded_chunks"] == 0
+    again = admin.execute(
+        "select id from knowledge_chunks where knowledge_item_id = %s", (item_id,)
+    ).fetchall()
+    assert again == first
+
+
+def test_update_with_same_content_and_delete_need_no_work(
+    process: Any, admin: Any, client_id: uuid.UUID
+) -> None:
+    item_id = new_item(admin, client_id)
+    body = load_event("supabase_webhook_update.json")
+    for record in (body["record"], body["old_record"]):
+        record.update(id=str(item_id), client_id=str(client_id), content="same")
+    assert call(process, webhook_event(body)) == (200, {"status": "ignored"})
+    assert call(process, webhook_event(load_event("supabase_webhook_delete.json"))) == (
+        200,
+        {"status": "ignored"},
+    )
+    assert item_state(admin, item_id)["status"] == "pending"
+
+
+def test_update_with_new_content_reprocesses(process: Any, admin: Any, client_id: uuid.UUID) -> None:
+    item_id = new_item(admin, client_id)
+    call(process, webhook_event(insert_body(item_id, client_id)))
+    admin.execute(
+        "update knowledge_items set content = %s where id = %s", ("Short new text about lidar.", item_id)
+    )
+    assert item_state(admin, item_id)["status"] == "pending"  # the trigger resets it
+    body = load_event("supabase_webhook_update.json")
+    body["record"].update(id=str(item_id), client_id=str(client_id), content="Short new text about lidar.")
+    body["old_record"].update(id=str(item_id), client_id=str(client_id), content=DOC)
+    status, result = call(process, webhook_event(body))
+    assert status == 200 and result["status"] == "done"
+    rows = admin.execute(
+        "select content from knowledge_chunks where knowledge_item_id = %s", (item_id,)
+    ).fetchall()
+    assert [r["content"] for r in rows] == ["Short new text about lidar."]
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        ({"type": "INSERT", "table": "other_table", "record": {"id": str(uuid.uuid4())}}, 422),
+        ({"type": "TRUNCATE", "table": "knowledge_items"}, 422),
+        ({"type": "INSERT", "table": "knowledge_items", "record": {"id": "not-a-uuid"}}, 422),
+        ([1, 2, 3], 422),
+    ],
+)
+def test_bad_webhook_bodies_are_4xx(process: Any, body: Any, status: int) -> None:
+    code, problem = call(process, webhook_event(body))
+    assert code == status and problem["status"] == status and problem["detail"]
+
+
+def test_sqs_batch_reports_only_the_unreadable_message(
+    process: Any, admin: Any, client_id: uuid.UUID
+) -> None:
+    ids = [new_item(admin, client_id, f"Item {i}. " + DOC[:2000]) for i in range(3)]
+    template = load_event("sqs_batch.json")["Records"][0]
+    records = []
+    for i, item_id in enumerate(ids):
+        records.append(
+            template | {"messageId": f"m-{i}", "body": json.dumps({"knowledge_item_id": str(item_id)})}
+        )
+    records.append(template | {"messageId": "m-bad", "body": "{not json"})
+    records.append(template | {"messageId": "m-webhook", "body": json.dumps(insert_body(ids[0], client_id))})
+    result = process.handler({"Records": records}, None)
+    assert result == {"batchItemFailures": [{"itemIdentifier": "m-bad"}]}
+    assert all(item_state(admin, i)["status"] == "done" for i in ids)
+
+
+def test_scheduled_sweep_processes_pending_items(process: Any, admin: Any, client_id: uuid.UUID) -> None:
+    ids = [new_item(admin, client_id, f"Sweep item {i}. " + DOC[:1500]) for i in range(5)]
+
+    class Context:
+        aws_request_id = "req-sweep"
+
+        @staticmethod
+        def get_remaining_time_in_millis() -> int:
+            return 60_000
+
+    result = process.handler(load_event("eventbridge_scheduled.json"), Context())
+    assert result["status"] == "ok" and result["done"] >= 5
+    assert all(item_state(admin, i)["status"] == "done" for i in ids)
+
+
+def test_claims_lease_for_the_remaining_time_plus_a_margin(
+    process: Any, admin: Any, client_id: uuid.UUID
+) -> None:
+    from shared.config import get_settings
+    from shared.pipeline import LEASE_MARGIN_S
+    from shared.store import default_store
+
+    item_id = new_item(admin, client_id)
+    store = default_store(get_settings())
+    try:
+        (claimed,) = store.claim_items("worker-a", 12.0 + LEASE_MARGIN_S, 10, 5, item_ids=[item_id])
+        row = admin.execute(
+            "select extract(epoch from lease_expires_at - now()) as left_s, lease_owner from knowledge_items"
+            " where id = %s",
+            (item_id,),
+        ).fetchone()
+        assert row["lease_owner"] == "worker-a"
+        assert 12.0 + LEASE_MARGIN_S - 5 < float(row["left_s"]) <= 12.0 + LEASE_MARGIN_S
+        assert store.claim_items("worker-b", 60, 10, 5, item_ids=[item_id]) == []  # held
+        admin.execute(
+            "update knowledge_items set lease_expires_at = now() - interval '1 s' where id = %s", (item_id,)
+        )
+        (reclaimed,) = store.claim_items("worker-b", 60, 10, 5, item_ids=[item_id])
+        assert reclaimed.attempts == claimed.attempts + 1
+    finally:
+        store.holder.close()
+
+
+def test_unrecognised_event_is_an_error_result(process: Any) -> None:
+    result = process.handler({"hello": "world"}, None)
+    assert result["statusCode"] == 400
+    assert "SQS" in json.loads(result["body"])["detail"]
+
+
+def test_pubsub_message_body_is_processed(process: Any, admin: Any, client_id: uuid.UUID) -> None:
+    item_id = new_item(admin, client_id)
+    event = load_event("pubsub_cloudevent.json")
+    data = json.dumps({"knowledge_item_id": str(item_id)}).encode()
+    event["data"]["message"]["data"] = base64.b64encode(data).decode()
+
+    class CloudEvent:  # the attribute the target reads, as functions-framework passes it
+        def __init__(self, data: Any) -> None:
+            self.data = data
+
+    target = getattr(process.pubsub, "__wrapped__", process.pubsub)
+    result = target(CloudEvent(event["data"]))
+    assert result["status"] == "done"
+    assert item_state(admin, item_id)["status"] == "done"
