@@ -66,7 +66,6 @@ def lambda_http_handler(handle: Handle) -> Callable[[Any, Any], dict[str, Any]]:
             return unrecognised_event_result("a function URL (payload 2.0) request")
         if mangum_handler is None:
             from mangum import Mangum
-
             from mangum.adapter import DEFAULT_TEXT_MIME_TYPES
 
             # problem+json is text too: answer it as a plain body, not base64.

@@ -34,7 +34,8 @@ def process(function_env: pytest.MonkeyPatch) -> Iterator[Any]:
 
 def new_item(admin: Any, client_id: uuid.UUID, content: str = DOC) -> uuid.UUID:
     row = admin.execute(
-        "insert into knowledge_items (client_id, source, content) values (%s, 'notes/dock.md', %s) returning id",
+        "insert into knowledge_items (client_id, source, content)"
+        " values (%s, 'notes/dock.md', %s) returning id",
         (client_id, content),
     ).fetchone()
     return uuid.UUID(str(row["id"]))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from itertools import pairwise
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -67,7 +68,7 @@ def test_overlap_repeats_the_previous_tail_and_still_covers_everything(
         assert chunks == []
         return
     assert chunks[0].char_start == 0 and chunks[-1].char_end == len(text)
-    for previous, chunk in zip(chunks, chunks[1:], strict=False):
+    for previous, chunk in pairwise(chunks):
         assert chunk.char_start <= previous.char_end  # contiguous or overlapping: nothing skipped
         assert chunk.char_end > previous.char_end  # always moving forward
     assert all(c.token_count <= max_tokens for c in chunks)
