@@ -64,6 +64,10 @@ class ConnectionHolder:
                     "The database connection failed during the request; retry it."
                 ) from None
 
+    def sibling(self, application_name: str | None = None) -> ConnectionHolder:
+        """Another holder for the same database (its own connection)."""
+        return ConnectionHolder(self._dsn, application_name or self._application_name)
+
     def close(self) -> None:
         with self._lock:
             if self._conn is not None:

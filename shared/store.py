@@ -11,6 +11,7 @@ import json
 import uuid
 from array import array
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -188,10 +189,21 @@ class Store(Protocol):
 
 
 class PostgresStore:
-    """The psycopg backend: one connection per process, reused across warm invocations."""
+    """The psycopg backend: one connection per process, reused across warm invocations.
 
-    def __init__(self, holder: ConnectionHolder) -> None:
+    Chunk writes of a large batch are spread over `write_connections` connections: HNSW index
+    inserts are CPU-bound in the server, so parallel writers use more than one core.
+    """
+
+    def __init__(self, holder: ConnectionHolder, write_connections: int = 2) -> None:
         self.holder = holder
+        self.write_connections = max(1, write_connections)
+        self._writers: list[PostgresStore] = []
+
+    def close(self) -> None:
+        for writer in self._writers:
+            writer.holder.close()
+        self.holder.close()
 
     def ingest_items(self, items: list[dict[str, Any]]) -> list[IngestOutcome]:
         with self.holder.connection() as conn:
@@ -248,6 +260,20 @@ class PostgresStore:
         return {row["content_sha256"]: row["embedding"] for row in rows}
 
     def complete_items(self, worker: str, completed: list[CompletedItem]) -> set[uuid.UUID]:
+        total_chunks = sum(len(c.chunks) for c in completed)
+        if self.write_connections == 1 or len(completed) < 2 or total_chunks < PARALLEL_WRITE_MIN_CHUNKS:
+            return self._complete(worker, completed)
+        groups = _balanced_groups(completed, self.write_connections)
+        while len(self._writers) < len(groups) - 1:
+            self._writers.append(PostgresStore(self.holder.sibling(), write_connections=1))
+        stores = [self, *self._writers]
+        with ThreadPoolExecutor(max_workers=len(groups)) as pool:
+            results = pool.map(
+                lambda pair: pair[0]._complete(worker, pair[1]), zip(stores, groups, strict=False)
+            )
+            return set().union(*results)
+
+    def _complete(self, worker: str, completed: list[CompletedItem]) -> set[uuid.UUID]:
         if not completed:
             return set()
         with self._vector_connection() as conn, conn.transaction():
@@ -365,6 +391,20 @@ class PostgresStore:
                 "select * from public.match_knowledge_chunks(%s, %s, %s)", (embedding, k, client_id)
             ).fetchall()
         return [SearchHit(**row) for row in rows]
+
+
+PARALLEL_WRITE_MIN_CHUNKS = 200
+
+
+def _balanced_groups(completed: list[CompletedItem], count: int) -> list[list[CompletedItem]]:
+    """Split items into `count` groups of about equal chunk counts (largest first, greedy)."""
+    groups: list[list[CompletedItem]] = [[] for _ in range(count)]
+    sizes = [0] * count
+    for c in sorted(completed, key=lambda c: -len(c.chunks)):
+        smallest = sizes.index(min(sizes))
+        groups[smallest].append(c)
+        sizes[smallest] += len(c.chunks)
+    return [g for g in groups if g]
 
 
 def _dumps(value: Any) -> str:

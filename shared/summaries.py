@@ -23,7 +23,7 @@ from shared.tokens import count_tokens
 
 MAP_INPUT_TOKENS = 12_000  # bounded input per call, well inside gpt-4o-mini's context
 SUMMARY_WORDS = 120
-CLIENT_SUMMARY_WORDS = 250
+CLIENT_SUMMARY_WORDS = 150
 
 
 class SummaryError(NexusError):
@@ -47,7 +47,8 @@ class Summarizer(Protocol):
         ...
 
 
-_SENTENCE = re.compile(r"[^.!?\n]+[.!?]?", re.UNICODE)
+_SENTENCE_BREAK = re.compile(r"(?<=[.!?])[\"'\u201d\u2019)]?\s+(?=[\"'\u201c(]?[A-Z0-9])")
+_MARKUP = re.compile(r"^\s{0,3}(#{1,6}\s+|[-*+]\s+(\[[ xX]\]\s+)?|\d+[.)]\s+|>\s?)|[*_`]{1,3}", re.M)
 _WORD = re.compile(r"\w+", re.UNICODE)
 _STOP = frozenset(
     "a an and are as at be by for from has have in is it its of on or that the this to was were will "
@@ -57,11 +58,15 @@ _STOP = frozenset(
 
 
 def _clean_sentences(text: str) -> list[str]:
+    """Whole sentences of prose: markdown marks removed, lines of a paragraph joined, headings,
+    table rows and fragments dropped."""
     sentences = []
-    for match in _SENTENCE.finditer(text):
-        sentence = " ".join(match.group().split()).lstrip("#>*-|0123456789. ")
-        if len(_WORD.findall(sentence)) >= 5 and "|" not in sentence:
-            sentences.append(sentence)
+    for paragraph in re.split(r"\n\s*\n", text):
+        lines = [line for line in paragraph.splitlines() if line.strip() and "|" not in line]
+        prose = " ".join(_MARKUP.sub("", line).strip() for line in lines if not line.lstrip().startswith("#"))
+        for sentence in _SENTENCE_BREAK.split(" ".join(prose.split())):
+            if len(_WORD.findall(sentence)) >= 6 and sentence[-1:] in ".!?":
+                sentences.append(sentence)
     return sentences
 
 

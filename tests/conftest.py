@@ -74,9 +74,9 @@ def settings(pg_url: str) -> Settings:
 
 @pytest.fixture
 def store(pg_url: str) -> Iterator[PostgresStore]:
-    holder = ConnectionHolder(pg_url)
-    yield PostgresStore(holder)
-    holder.close()
+    store = PostgresStore(ConnectionHolder(pg_url))
+    yield store
+    store.close()
 
 
 @pytest.fixture

@@ -29,7 +29,7 @@ def process(function_env: pytest.MonkeyPatch) -> Iterator[Any]:
     yield module
     processor = module.service.processor
     if processor is not None:
-        processor.store.holder.close()
+        processor.store.close()
 
 
 def new_item(admin: Any, client_id: uuid.UUID, content: str = DOC) -> uuid.UUID:
@@ -221,7 +221,7 @@ def test_claims_lease_for_the_remaining_time_plus_a_margin(
         (reclaimed,) = store.claim_items("worker-b", 60, 10, 5, item_ids=[item_id])
         assert reclaimed.attempts == claimed.attempts + 1
     finally:
-        store.holder.close()
+        store.close()
 
 
 def test_unrecognised_event_is_an_error_result(process: Any) -> None:

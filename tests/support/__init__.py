@@ -1,0 +1,1 @@
+"""Real local stand-ins for hosted services the tests talk to over HTTP."""
