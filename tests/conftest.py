@@ -99,3 +99,20 @@ def count_items(admin: psycopg.Connection[Any], client_id: uuid.UUID) -> int:
     ).fetchone()
     assert row is not None
     return int(row["n"])
+
+
+@pytest.fixture(scope="session")
+def openai_server_session() -> Iterator[Any]:
+    """The local OpenAI-compatible server, over real HTTP, started once per test session."""
+    from tests.support.openai_server import OpenAIServer
+
+    with OpenAIServer() as server:
+        yield server
+
+
+@pytest.fixture
+def openai_server(openai_server_session: Any) -> Any:
+    """The session's OpenAI-compatible server with fresh stats, no latency and no queued faults."""
+    openai_server_session.reset()
+    openai_server_session.latency_ms = 0
+    return openai_server_session
