@@ -211,8 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("demo", help="run the whole job on the sample documents").set_defaults(run=cmd_demo)
 
+    from shared.dev_cli import add_dev_commands
     from shared.gcal_cli import add_gcal_commands
 
+    add_dev_commands(commands)
     add_gcal_commands(commands)
     return parser
 
