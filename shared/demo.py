@@ -28,7 +28,9 @@ def run_demo(store: Any, settings: Any, examples_dir: Path) -> int:
     from shared.cli import ingest_paths, process_all
     from shared.search import search
 
-    folders = sorted(p for p in examples_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    folders = sorted(
+        p for p in examples_dir.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != "events"
+    )
     if not folders:
         print(f"no sample documents under {examples_dir}")
         return 1
