@@ -1,0 +1,119 @@
+"""The `nexus` command as a user runs it: a fresh NEXUS_HOME (its own embedded Postgres), offline."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shared.demo import demo_client_id
+
+ROOT = Path(__file__).resolve().parents[2]
+NEXUS = [sys.executable, "-m", "shared.cli"]
+
+
+def nexus(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    cleared = ("NEXUS_", "DATABASE_URL", "SUPABASE_", "OPENAI_")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(cleared)}
+    env.update(NEXUS_HOME=str(home), NEXUS_EMBEDDING_PROVIDER="local", NEXUS_SUMMARY_PROVIDER="local")
+    result = subprocess.run(
+        [*NEXUS, *args], cwd=home.parent, env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+@pytest.fixture(scope="module")
+def demo_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    home = tmp_path_factory.mktemp("cli") / ".nexus"
+    first = nexus(home, "demo")
+    assert "client summaries" in first.stdout and "search" in first.stdout
+    assert "Traceback" not in first.stderr
+    return home
+
+
+def test_demo_ingests_processes_and_answers(demo_home: Path) -> None:
+    status = json.loads(nexus(demo_home, "status", "--json").stdout)
+    assert status["counts"] == {"done": 11}
+    assert status["recent_failures"] == []
+
+
+def test_demo_again_embeds_nothing(demo_home: Path) -> None:
+    again = nexus(demo_home, "demo").stdout
+    assert "0 new or changed" in again
+    assert "0 embedded (0 tokens)" in again
+
+
+def test_search_finds_the_document_and_respects_the_client(demo_home: Path) -> None:
+    acme = demo_client_id("acme-robotics")
+    query = "spring-loaded copper contacts pitted or dirty raise resistance"
+    hits: list[dict[str, Any]] = json.loads(
+        nexus(demo_home, "search", query, "--client-id", str(acme), "-k", "5", "--json").stdout
+    )
+    assert hits and hits[0]["source"].endswith("amr-maintenance-runbook.md")
+    assert {h["client_id"] for h in hits} == {str(acme)}
+    assert set(hits[0]) >= {
+        "knowledge_item_id",
+        "client_id",
+        "chunk_index",
+        "content",
+        "source",
+        "similarity",
+    }
+    assert [h["similarity"] for h in hits] == sorted((h["similarity"] for h in hits), reverse=True)
+    other = demo_client_id("cedar-legal")
+    theirs = json.loads(nexus(demo_home, "search", query, "--client-id", str(other), "--json").stdout)
+    assert theirs and {h["client_id"] for h in theirs} == {str(other)}
+
+
+def test_ingest_and_process_one_item(demo_home: Path, tmp_path: Path) -> None:
+    client = demo_client_id("acme-robotics")
+    note = tmp_path / "note.md"
+    note.write_text("# Night shift\n\nThe quokka sensor recalibration happens at 02:00 on Sundays.\n")
+    out = nexus(demo_home, "ingest", str(note), "--client-id", str(client)).stdout
+    item_id = out.split()[0]
+    uuid.UUID(item_id)
+    processed = nexus(demo_home, "process", "--item", item_id).stdout
+    assert processed.startswith("1 done")
+    hits = json.loads(nexus(demo_home, "search", "quokka sensor recalibration", "-k", "1", "--json").stdout)
+    assert hits[0]["knowledge_item_id"] == item_id
+    again = nexus(demo_home, "ingest", str(note), "--client-id", str(client)).stdout
+    assert "duplicate" in again
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["ingest", "missing.md", "--client-id", str(uuid.uuid4())], "does not exist"),
+        (["search", "   "], "query is empty"),
+    ],
+)
+def test_user_mistakes_get_one_sentence_and_no_traceback(
+    demo_home: Path, args: list[str], message: str
+) -> None:
+    result = nexus(demo_home, *args, check=False)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_openai_provider_without_a_key_names_the_variable(demo_home: Path) -> None:
+    env_home = demo_home
+    result = subprocess.run(
+        [*NEXUS, "search", "anything"],
+        cwd=env_home.parent,
+        env={"PATH": os.environ["PATH"], "NEXUS_HOME": str(env_home), "HOME": os.environ.get("HOME", "/tmp")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "OPENAI_API_KEY" in result.stderr and "Traceback" not in result.stderr
