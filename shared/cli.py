@@ -17,6 +17,7 @@ from typing import Any
 
 from shared.config import Settings, get_settings
 from shared.errors import NexusError
+from shared.problems import ProblemError
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
 
@@ -110,12 +111,23 @@ def ingest_paths(
 
 def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     store = open_store(settings)
+    if args.create_client:
+        store.ensure_client(args.client_id)
     results = ingest_paths(store, [Path(p) for p in args.paths], args.client_id, args.source)
     for path, result in results:
         state = "duplicate" if result.duplicate else ("updated" if result.updated else "new")
         print(f"{result.item_id}  {state:9}  {path}")
     print(f"{len(results)} item(s) ingested for client {args.client_id}")
     return 0
+
+
+def _age(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 120:
+        return f"{seconds}s ago"
+    if seconds < 7200:
+        return f"{seconds // 60}m ago"
+    return f"{seconds // 3600}h {seconds % 3600 // 60}m ago"
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
@@ -126,7 +138,14 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     counts = status.get("counts", {})
     for name in ("pending", "processing", "done", "failed"):
         print(f"{name:>10}  {counts.get(name, 0)}")
-    print(f"oldest pending: {status.get('oldest_pending_at') or '-'}")
+    age = status.get("oldest_pending_age_seconds")
+    print(
+        f"oldest pending: {_age(age)} ({status.get('oldest_pending_at')})"
+        if age is not None
+        else "oldest pending: -"
+    )
+    hour, chunks = status.get("processed_last_hour", 0), status.get("chunks", 0)
+    print(f"processed in the last hour: {hour}; chunks: {chunks}")
     for failure in status.get("recent_failures", []):
         print(f"failed {failure['id']} (attempt {failure['attempts']}): {failure['last_error']}")
     return 0
@@ -190,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("paths", nargs="+", metavar="PATH")
     ingest.add_argument("--client-id", required=True, type=_parse_uuid)
     ingest.add_argument("--source", help="source label for every file (default: the file's path)")
+    ingest.add_argument("--create-client", action="store_true", help="create the client if it does not exist")
     ingest.set_defaults(run=cmd_ingest)
 
     status = commands.add_parser("status", help="items per status, oldest pending, recent failures")
@@ -228,6 +248,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run(args, get_settings())
     except (NexusError, ValueError) as exc:
         print(f"nexus: {exc}", file=sys.stderr)
+        return 1
+    except ProblemError as problem:
+        details = "; ".join(e.detail for e in problem.errors)
+        hint = " Add --create-client to create it." if problem.slug == "unknown-client" else ""
+        print(f"nexus: {details or problem.detail}{hint}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

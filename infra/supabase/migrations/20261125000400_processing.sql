@@ -255,6 +255,8 @@ as $$
   select jsonb_build_object(
     'counts', coalesce((select jsonb_object_agg(status, items) from knowledge_item_status), '{}'::jsonb),
     'oldest_pending_at', (select min(created_at) from knowledge_items where status = 'pending'),
+    'oldest_pending_age_seconds', (select round(extract(epoch from now() - min(created_at)))::bigint
+                                     from knowledge_items where status = 'pending'),
     'processed_last_hour', (select count(*) from knowledge_items
                              where processed_at > now() - interval '1 hour'),
     'chunks', (select count(*) from knowledge_chunks),
