@@ -1,5 +1,11 @@
 """The PostgREST backend: used when `DATABASE_URL` is absent but `SUPABASE_URL` and
-`SUPABASE_SERVICE_ROLE_KEY` are set. It calls only SQL functions from the migrations, via `rpc`.
+`SUPABASE_SERVICE_ROLE_KEY` are set. It calls only SQL functions from the migrations, via `rpc`,
+so both backends run the same SQL and give the same results.
+
+Failures map to one sentence naming what to fix: an unreachable Supabase or a transient database
+error is `DatabaseUnavailable` (503, retry); a rejected key or missing function is a `ConfigError`
+naming the variable or the migrations; anything else is a `SupabaseError`. PostgREST's own
+message goes to the log, not to the caller.
 """
 
 from __future__ import annotations
@@ -7,27 +13,80 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from shared.errors import DatabaseUnavailable
+from shared.errors import ConfigError, DatabaseUnavailable, NexusError
 from shared.store import IngestOutcome
+
+CONNECT_TIMEOUT_S = 10
+REQUEST_TIMEOUT_S = 60
+
+# "Try again": PostgREST cannot reach the database (or its pool), or the database failed
+# transiently (connection, serialisation or deadlock, resources, operator intervention).
+_UNREACHABLE_CODES = ("PGRST000", "PGRST001", "PGRST002", "PGRST003")
+_TRANSIENT_SQLSTATE_CLASSES = ("08", "40", "53", "57")
+
+
+class SupabaseError(NexusError):
+    """Supabase refused a call for a reason that retrying will not fix."""
+
+    status = 500
 
 
 class SupabaseStore:
-    """Runs the store's SQL functions through supabase-py's `rpc` (service role key)."""
+    """Runs the store's SQL functions through supabase-py's `rpc` (service role key).
+
+    One HTTP client per store, reused across warm invocations; `close()` releases it.
+    """
 
     def __init__(self, url: str, service_role_key: str, client: Any = None) -> None:
+        self._http: Any = None
         if client is None:
-            from supabase import create_client
-
-            client = create_client(url, service_role_key)
+            client = self._create_client(url, service_role_key)
         self.client = client
 
+    def _create_client(self, url: str, service_role_key: str) -> Any:
+        import httpx
+        from supabase import ClientOptions, SupabaseException, create_client
+        from supabase_auth import SyncMemoryStorage
+
+        # Our own httpx client: supabase-py's default passes a deprecated `timeout` to postgrest
+        # (a DeprecationWarning per client) and waits 120 s; this one is bounded and closable.
+        self._http = httpx.Client(timeout=httpx.Timeout(REQUEST_TIMEOUT_S, connect=CONNECT_TIMEOUT_S))
+        options = ClientOptions(
+            httpx_client=self._http,
+            storage=SyncMemoryStorage(),
+            auto_refresh_token=False,
+            persist_session=False,
+        )
+        try:
+            return create_client(url, service_role_key, options=options)
+        except SupabaseException as exc:  # a malformed URL or an empty key
+            self.close()
+            raise ConfigError(
+                f"SUPABASE_URL or SUPABASE_SERVICE_ROLE_KEY is invalid: {exc.message}."
+            ) from None
+
+    def close(self) -> None:
+        """Close the HTTP connections (the store can not be used afterwards)."""
+        if self._http is not None:
+            self._http.close()
+            self._http = None
+
     def _rpc(self, function: str, params: dict[str, Any]) -> Any:
+        import httpx
         from postgrest.exceptions import APIError
 
         try:
             return self.client.rpc(function, params).execute().data
         except APIError as exc:
-            raise DatabaseUnavailable(f"Supabase rejected {function}: {exc.message}.") from None
+            raise _api_error(function, exc) from None
+        except httpx.TimeoutException:
+            raise DatabaseUnavailable(
+                f"Supabase did not answer {function} in time; retry the request."
+            ) from None
+        except httpx.HTTPError as exc:
+            raise DatabaseUnavailable(
+                f"Supabase could not be reached ({type(exc).__name__}); check SUPABASE_URL and retry."
+            ) from None
 
     def ingest_items(self, items: list[dict[str, Any]]) -> list[IngestOutcome]:
         rows = self._rpc("ingest_knowledge_items", {"items": items})
@@ -38,3 +97,37 @@ class SupabaseStore:
 
     def status(self) -> dict[str, Any]:
         return dict(self._rpc("knowledge_status", {}))
+
+
+def _api_error(function: str, exc: Any) -> NexusError:
+    """Map a PostgREST error to the exception callers act on; log PostgREST's own words."""
+    from shared.logs import get_logger
+
+    code = str(exc.code or "")
+    get_logger().error(
+        "supabase rpc failed",
+        extra={"function": function, "code": code, "error": exc.message, "hint": exc.hint},
+    )
+    # postgrest-py puts the HTTP status in `code` when the body is not PostgREST's (a proxy's page);
+    # Supabase's gateway refuses an unknown `apikey` with a body that has a message but no code.
+    is_http_status = len(code) == 3 and code.isdigit()
+    is_sqlstate = len(code) == 5 and not code.startswith("PGRST")
+    if (not code and "api key" in str(exc.message or "").lower()) or code in ("401", "403", "42501"):
+        return ConfigError(
+            f"Supabase refused the key calling {function}; "
+            "check that SUPABASE_SERVICE_ROLE_KEY is the project's service_role (secret) key."
+        )
+    if code.startswith("PGRST3"):  # PostgREST's JWT errors
+        return ConfigError(f"Supabase refused SUPABASE_SERVICE_ROLE_KEY calling {function} ({code}).")
+    if code in ("PGRST202", "PGRST203", "42883", "404"):
+        return ConfigError(
+            f"Supabase has no usable function public.{function} ({code}); "
+            "apply the migrations in infra/supabase/migrations (supabase db push)."
+        )
+    if (
+        code.startswith(_UNREACHABLE_CODES)
+        or (is_sqlstate and code.startswith(_TRANSIENT_SQLSTATE_CLASSES))
+        or (is_http_status and code.startswith("5"))
+    ):
+        return DatabaseUnavailable(f"Supabase could not run {function} right now ({code}); retry.")
+    return SupabaseError(f"Supabase could not run {function} ({code or 'no error code'}); see the logs.")
