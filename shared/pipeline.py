@@ -200,6 +200,7 @@ class Processor:
                 )
             )
         missing = [h for h in hashes if h not in vectors]
+        report.reused_chunks += len(hashes) - len(missing)
         try:
             self._embed_into(vectors, missing, texts, report)
             return vectors, {}

@@ -14,7 +14,7 @@ import uuid
 from typing import Any
 
 from shared.errors import ConfigError, DatabaseUnavailable, NexusError
-from shared.store import IngestOutcome
+from shared.store import ClaimedItem, CompletedItem, IngestOutcome, SearchHit
 
 CONNECT_TIMEOUT_S = 10
 REQUEST_TIMEOUT_S = 60
@@ -98,6 +98,142 @@ class SupabaseStore:
     def status(self) -> dict[str, Any]:
         return dict(self._rpc("knowledge_status", {}))
 
+    def claim_items(
+        self,
+        worker: str,
+        lease_s: float,
+        max_items: int,
+        max_attempts: int,
+        item_ids: list[uuid.UUID] | None = None,
+        max_chars: int | None = None,
+    ) -> list[ClaimedItem]:
+        rows = self._rpc(
+            "claim_knowledge_items",
+            {
+                "worker": worker,
+                "lease_seconds": lease_s,
+                "max_items": max_items,
+                "max_attempts": max_attempts,
+                "item_ids": None if item_ids is None else [str(i) for i in item_ids],
+                "max_chars": max_chars,
+            },
+        )
+        return [ClaimedItem.from_row(row) for row in rows or []]
+
+    def find_embeddings(self, hashes: list[str], model: str, dimensions: int) -> dict[str, Any]:
+        if not hashes:
+            return {}
+        rows = self._rpc(
+            "find_chunk_embeddings", {"hashes": hashes, "model": model, "dimensions": dimensions}
+        )
+        return {row["content_sha256"]: _vector_from_json(row["embedding"]) for row in rows or []}
+
+    def complete_items(self, worker: str, completed: list[CompletedItem]) -> set[uuid.UUID]:
+        """One `complete_knowledge_item` call (one transaction) per item."""
+        stored: set[uuid.UUID] = set()
+        for c in completed:
+            chunks = [
+                {
+                    "chunk_index": chunk.chunk_index,
+                    "content": chunk.content,
+                    "embedding": _vector_text(chunk.embedding),
+                    "token_count": chunk.token_count,
+                    "char_start": chunk.char_start,
+                    "char_end": chunk.char_end,
+                }
+                for chunk in c.chunks
+            ]
+            ok = self._rpc(
+                "complete_knowledge_item",
+                {
+                    "item_id": str(c.item.id),
+                    "worker": worker,
+                    "claimed_sha256": c.item.content_sha256,
+                    "chunks": chunks,
+                    "item_summary": c.summary,
+                    "model": c.model,
+                    "dimensions": c.dimensions,
+                    "tokens": c.token_count,
+                    "elapsed_ms": c.elapsed_ms,
+                },
+            )
+            if ok:
+                stored.add(c.item.id)
+        return stored
+
+    def fail_item(
+        self,
+        item_id: uuid.UUID,
+        worker: str,
+        error: str,
+        max_attempts: int,
+        retry_base_s: float,
+        permanent: bool,
+    ) -> str | None:
+        status = self._rpc(
+            "fail_knowledge_item",
+            {
+                "item_id": str(item_id),
+                "worker": worker,
+                "error": error,
+                "max_attempts": max_attempts,
+                "retry_base_seconds": retry_base_s,
+                "permanent": permanent,
+            },
+        )
+        return str(status) if status else None
+
+    def release_items(self, item_ids: list[uuid.UUID], worker: str) -> int:
+        if not item_ids:
+            return 0
+        return int(
+            self._rpc("release_knowledge_items", {"item_ids": [str(i) for i in item_ids], "worker": worker})
+        )
+
+    def client_summary(self, client_id: uuid.UUID) -> str | None:
+        return self.client_summary_backlog(client_id).get("summary") or None
+
+    def client_summary_backlog(self, client_id: uuid.UUID) -> dict[str, Any]:
+        return dict(self._rpc("client_summary_backlog", {"client": str(client_id)}))
+
+    def save_client_summary(
+        self, client_id: uuid.UUID, expected_version: int, summary: str, item_ids: list[uuid.UUID], model: str
+    ) -> bool:
+        return bool(
+            self._rpc(
+                "save_client_summary",
+                {
+                    "client": str(client_id),
+                    "expected_version": expected_version,
+                    "new_summary": summary,
+                    "folded_item_ids": [str(i) for i in item_ids],
+                    "model_name": model,
+                },
+            )
+        )
+
+    def search(self, embedding: Any, k: int, client_id: uuid.UUID | None) -> list[SearchHit]:
+        rows = self._rpc(
+            "match_knowledge_chunks",
+            {
+                "query_embedding": _vector_text(embedding),
+                "match_count": k,
+                "filter_client_id": None if client_id is None else str(client_id),
+            },
+        )
+        return [
+            SearchHit(
+                id=uuid.UUID(row["id"]),
+                knowledge_item_id=uuid.UUID(row["knowledge_item_id"]),
+                client_id=uuid.UUID(row["client_id"]),
+                chunk_index=int(row["chunk_index"]),
+                content=row["content"],
+                source=row["source"],
+                similarity=float(row["similarity"]),
+            )
+            for row in rows or []
+        ]
+
 
 def _api_error(function: str, exc: Any) -> NexusError:
     """Map a PostgREST error to the exception callers act on; log PostgREST's own words."""
@@ -131,3 +267,16 @@ def _api_error(function: str, exc: Any) -> NexusError:
     ):
         return DatabaseUnavailable(f"Supabase could not run {function} right now ({code}); retry.")
     return SupabaseError(f"Supabase could not run {function} ({code or 'no error code'}); see the logs.")
+
+
+def _vector_text(vector: Any) -> str:
+    """pgvector's text form; 9 significant digits keep float32 exact."""
+    return "[" + ",".join(format(float(v), ".9g") for v in vector) + "]"
+
+
+def _vector_from_json(value: Any) -> Any:
+    from array import array
+
+    if isinstance(value, str):
+        return array("f", (float(v) for v in value.strip("[]").split(",") if v))
+    return array("f", value)

@@ -395,3 +395,73 @@ def test_ingest_lambda_handler_answers_503_when_supabase_is_down(
     assert (status, headers["content-type"], headers["retry-after"]) == (503, "application/problem+json", "1")
     assert "SUPABASE_URL" in problem["detail"]
     assert count_items(admin, client_id) == 0
+
+
+# -- processing through either backend ---------------------------------------------------------
+
+PROCESS_DOC = "\n\n".join(
+    f"Part {i}. The warehouse quokka recalibrates its lidar every night; dock {i} reports contact wear." * 4
+    for i in range(10)
+)
+
+
+def _processor(backend: Store) -> Any:
+    from shared.embeddings import LocalEmbedder
+    from shared.pipeline import Processor
+    from shared.summaries import LocalSummarizer
+
+    return Processor(backend, LocalEmbedder(), LocalSummarizer(), retry_base_s=0, worker="test-worker")
+
+
+def _new_item(admin: psycopg.Connection[Any], client_id: uuid.UUID, content: str) -> uuid.UUID:
+    row = admin.execute(
+        "insert into knowledge_items (client_id, source, content) values (%s, 'doc.md', %s) returning id",
+        (client_id, content),
+    ).fetchone()
+    assert row is not None
+    return uuid.UUID(str(row["id"]))
+
+
+def test_processing_gives_the_same_result_on_both_backends(
+    backend: Store, admin: psycopg.Connection[Any], client_id: uuid.UUID
+) -> None:
+    document = f"Client {client_id}.\n\n{PROCESS_DOC}"  # text no other test has embedded
+    item_id = _new_item(admin, client_id, document)
+    report = _processor(backend).process_ids([item_id], lease_s=60)
+    assert report.done_ids == {item_id} and report.chunks > 1
+    # Chunks another test already embedded (same text, model, dimensions) are reused, not paid for.
+    assert report.embedded_chunks >= 1 and report.embedded_chunks + report.reused_chunks == report.chunks
+    rows = admin.execute(
+        "select chunk_index, content, vector_dims(embedding) as dims, embedding_model, client_id"
+        " from knowledge_chunks where knowledge_item_id = %s order by chunk_index",
+        (item_id,),
+    ).fetchall()
+    assert "".join(r["content"] for r in rows) == document
+    assert [r["chunk_index"] for r in rows] == list(range(len(rows)))
+    assert {(r["dims"], r["embedding_model"], r["client_id"]) for r in rows} == {
+        (1536, "local-hash-v1", client_id)
+    }
+    assert backend.client_summary(client_id)
+
+    # The same text in another item reuses every stored vector: nothing is embedded again.
+    twin = _new_item(admin, client_id, document)
+    again = _processor(backend).process_ids([twin], lease_s=60)
+    assert again.done_ids == {twin} and again.embedded_chunks == 0 and again.reused_chunks == report.chunks
+
+    hits = backend.search(_processor(backend).embedder.embed(["quokka lidar dock 3"])[0], 3, client_id)
+    assert hits and {h.client_id for h in hits} == {client_id}
+    assert hits[0].similarity >= hits[-1].similarity
+
+
+def test_failure_is_recorded_the_same_way_on_both_backends(
+    backend: Store, admin: psycopg.Connection[Any], client_id: uuid.UUID
+) -> None:
+    item_id = _new_item(admin, client_id, "Short text.")
+    (claimed,) = backend.claim_items("w1", 60, 10, 3, item_ids=[item_id])
+    assert backend.fail_item(item_id, "someone-else", "boom", 3, 0, False) is None  # not the lease holder
+    assert backend.fail_item(item_id, "w1", "embeddings endpoint said no", 3, 0, False) == "failed"
+    row = admin.execute("select status, attempts, last_error from knowledge_items where id = %s", (item_id,))
+    assert row.fetchone() == {"status": "failed", "attempts": 1, "last_error": "embeddings endpoint said no"}
+    (again,) = backend.claim_items("w2", 60, 10, 3, item_ids=[item_id])
+    assert again.attempts == claimed.attempts + 1
+    assert backend.release_items([item_id], "w2") == 1
