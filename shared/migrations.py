@@ -53,36 +53,41 @@ def apply_migrations(conn: psycopg.Connection[Any], directory: Path | None = Non
     """Apply pending migrations, each in its own transaction; return the names applied now.
 
     Raises MigrationError naming the file when one fails (earlier files stay applied) or when an
-    applied file was edited.
+    applied file was edited. Concurrent runs serialise on a transaction-level advisory lock, which
+    (unlike a session lock) also holds behind Supabase's transaction pooler.
     """
     migrations = find_migrations(directory)
-    conn.execute("select pg_advisory_lock(%s)", (_LOCK_ID,))
-    try:
-        with conn.transaction():
-            conn.execute("create schema if not exists nexus")
-            conn.execute(
-                """create table if not exists nexus.schema_migrations (
-                     version text primary key,
-                     name text not null,
-                     checksum text not null,
-                     applied_at timestamptz not null default now())"""
-            )
+    with conn.transaction():
+        conn.execute("select pg_advisory_xact_lock(%s)", (_LOCK_ID,))
+        conn.execute("create schema if not exists nexus")
+        conn.execute(
+            """create table if not exists nexus.schema_migrations (
+                 version text primary key,
+                 name text not null,
+                 checksum text not null,
+                 applied_at timestamptz not null default now())"""
+        )
         rows = conn.execute("select version, checksum from nexus.schema_migrations").fetchall()
-        applied = {row["version"]: row["checksum"] for row in rows}
-        for migration in migrations:
-            if migration.version in applied and applied[migration.version] != migration.checksum:
-                raise MigrationError(
-                    f"Migration {migration.path.name} was changed after it was applied; "
-                    "restore it and put the change in a new migration."
-                )
-        return [_apply(conn, m) for m in migrations if m.version not in applied]
-    finally:
-        conn.execute("select pg_advisory_unlock(%s)", (_LOCK_ID,))
+    applied = {row["version"]: row["checksum"] for row in rows}
+    for migration in migrations:
+        if migration.version in applied and applied[migration.version] != migration.checksum:
+            raise MigrationError(
+                f"Migration {migration.path.name} was changed after it was applied; "
+                "restore it and put the change in a new migration."
+            )
+    return [name for m in migrations if m.version not in applied and (name := _apply(conn, m))]
 
 
-def _apply(conn: psycopg.Connection[Any], migration: Migration) -> str:
+def _apply(conn: psycopg.Connection[Any], migration: Migration) -> str | None:
+    """Apply one file in a transaction; None when a concurrent run applied it first."""
     try:
         with conn.transaction():
+            conn.execute("select pg_advisory_xact_lock(%s)", (_LOCK_ID,))
+            done = conn.execute(
+                "select 1 from nexus.schema_migrations where version = %s", (migration.version,)
+            ).fetchone()
+            if done:
+                return None
             conn.execute(migration.path.read_text())  # type: ignore[call-overload]
             conn.execute(
                 "insert into nexus.schema_migrations (version, name, checksum) values (%s, %s, %s)",

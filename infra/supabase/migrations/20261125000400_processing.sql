@@ -328,3 +328,34 @@ as $$
 $$;
 
 grant execute on function public.match_knowledge_chunks(vector, integer, uuid) to authenticated, service_role;
+
+-- A chunk's client is its item's client, enforced: RLS on chunks relies on it.
+alter table public.knowledge_items
+  add constraint knowledge_items_id_client_key unique (id, client_id);
+alter table public.knowledge_chunks
+  drop constraint knowledge_chunks_knowledge_item_id_fkey,
+  alter column client_id set not null,
+  add constraint knowledge_chunks_item_client_fkey foreign key (knowledge_item_id, client_id)
+    references public.knowledge_items (id, client_id) on delete cascade;
+
+revoke execute on function public.match_knowledge_chunks(vector, integer, uuid) from public, anon;
+
+-- Policies evaluate the JWT's client once per statement (an initPlan), not once per row; the
+-- function no longer needs an exception block (a subtransaction) to reject a malformed claim.
+create or replace function nexus.jwt_client_id() returns uuid
+language sql stable
+set search_path = pg_catalog
+as $$
+  select case when raw ~* '^[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}$'
+              then raw::uuid end
+    from (select coalesce(claims ->> 'client_id', claims -> 'app_metadata' ->> 'client_id') as raw
+            from (select nullif(current_setting('request.jwt.claims', true), '')::jsonb as claims) c) r
+$$;
+
+alter policy clients_read_own on public.clients using (id = (select nexus.jwt_client_id()));
+alter policy knowledge_items_read_own on public.knowledge_items
+  using (client_id = (select nexus.jwt_client_id()));
+alter policy knowledge_chunks_read_own on public.knowledge_chunks
+  using (client_id = (select nexus.jwt_client_id()));
+alter policy client_summaries_read_own on public.client_summaries
+  using (client_id = (select nexus.jwt_client_id()));
