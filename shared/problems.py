@@ -14,6 +14,22 @@ from typing import Any
 
 PROBLEM_TYPE_BASE = "https://nexus-workers.dev/problems/"
 
+# Fixed titles (RFC 9110 wording): http.HTTPStatus renamed some phrases in Python 3.13, and
+# clients switch on `type`, so neither may depend on the runtime's Python version.
+_TITLES = {
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    413: "Content Too Large",
+    415: "Unsupported Media Type",
+    422: "Unprocessable Content",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+}
+
 
 @dataclass(frozen=True)
 class HttpRequest:
@@ -74,7 +90,7 @@ class ProblemError(Exception):
         self.slug = slug
 
     def to_response(self) -> HttpResponse:
-        title = HTTPStatus(self.status).phrase
+        title = _TITLES.get(self.status) or HTTPStatus(self.status).phrase
         slug = self.slug or title.lower().replace(" ", "-")
         payload: dict[str, Any] = {
             "type": PROBLEM_TYPE_BASE + slug,

@@ -40,8 +40,14 @@ class SqsQueue:
     def client(self) -> Any:
         if self._client is None:
             import boto3
+            from botocore.config import Config
 
-            self._client = boto3.client("sqs")
+            # Tight timeouts: a stalled queue must not hold up the ingest answer (the sweep
+            # catches up on anything whose message is lost).
+            config = Config(
+                connect_timeout=1, read_timeout=2, retries={"mode": "standard", "max_attempts": 2}
+            )
+            self._client = boto3.client("sqs", config=config)
         return self._client
 
     def send_item_ids(self, item_ids: Sequence[uuid.UUID]) -> int:
@@ -57,9 +63,12 @@ class SqsQueue:
             except Exception as exc:  # any transport or AWS error: the sweep will catch up
                 get_logger().warning(
                     "queue send failed; the sweep will process these items",
-                    extra={"error": type(exc).__name__, "items": len(batch)},
+                    extra={
+                        "error": type(exc).__name__,
+                        "knowledge_item_ids": [str(i) for i in item_ids[start:]],
+                    },
                 )
-                continue
+                break  # the queue is down: don't wait on it again for the rest
             failed = result.get("Failed", [])
             if failed:
                 get_logger().warning(

@@ -1,0 +1,52 @@
+"""Capture what the functions' powertools Logger writes, exactly as formatted for stdout."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from shared.logs import get_logger
+
+
+@dataclass
+class CapturedLogs:
+    buffer: io.StringIO = field(default_factory=io.StringIO)
+
+    @property
+    def text(self) -> str:
+        return self.buffer.getvalue()
+
+    @property
+    def lines(self) -> list[str]:
+        return [line for line in self.text.splitlines() if line.strip()]
+
+    def records(self) -> list[dict[str, Any]]:
+        """Every line parsed as JSON; fails (ValueError) on a line that is not a JSON object."""
+        parsed = [json.loads(line) for line in self.lines]
+        for record in parsed:
+            if not isinstance(record, dict):
+                raise ValueError(f"log line is not a JSON object: {record!r}")
+        return parsed
+
+
+@contextmanager
+def captured_logs() -> Iterator[CapturedLogs]:
+    """Point the Logger's own stream handlers at a buffer for the block, then restore them.
+
+    The production formatter stays in place, so the text is what Lambda would ship to CloudWatch.
+    """
+    logger = get_logger()
+    captured = CapturedLogs()
+    handlers = [h for h in logger.handlers if isinstance(h, logging.StreamHandler)]
+    assert handlers, "the powertools Logger has no stream handler to capture"
+    previous = [h.setStream(captured.buffer) for h in handlers]
+    try:
+        yield captured
+    finally:
+        for handler, stream in zip(handlers, previous, strict=True):
+            handler.setStream(stream)  # type: ignore[arg-type]
