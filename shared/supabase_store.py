@@ -71,7 +71,7 @@ class SupabaseStore:
             self._http.close()
             self._http = None
 
-    def _rpc(self, function: str, params: dict[str, Any]) -> Any:
+    def rpc(self, function: str, params: dict[str, Any]) -> Any:
         import httpx
         from postgrest.exceptions import APIError
 
@@ -89,14 +89,14 @@ class SupabaseStore:
             ) from None
 
     def ingest_items(self, items: list[dict[str, Any]]) -> list[IngestOutcome]:
-        rows = self._rpc("ingest_knowledge_items", {"items": items})
+        rows = self.rpc("ingest_knowledge_items", {"items": items})
         return sorted((IngestOutcome.from_row(row) for row in rows), key=lambda o: o.index)
 
     def ensure_client(self, client_id: uuid.UUID, name: str = "") -> None:
-        self._rpc("ensure_client", {"client_id": str(client_id), "client_name": name})
+        self.rpc("ensure_client", {"client_id": str(client_id), "client_name": name})
 
     def status(self) -> dict[str, Any]:
-        return dict(self._rpc("knowledge_status", {}))
+        return dict(self.rpc("knowledge_status", {}))
 
     def claim_items(
         self,
@@ -107,7 +107,7 @@ class SupabaseStore:
         item_ids: list[uuid.UUID] | None = None,
         max_chars: int | None = None,
     ) -> list[ClaimedItem]:
-        rows = self._rpc(
+        rows = self.rpc(
             "claim_knowledge_items",
             {
                 "worker": worker,
@@ -123,9 +123,7 @@ class SupabaseStore:
     def find_embeddings(self, hashes: list[str], model: str, dimensions: int) -> dict[str, Any]:
         if not hashes:
             return {}
-        rows = self._rpc(
-            "find_chunk_embeddings", {"hashes": hashes, "model": model, "dimensions": dimensions}
-        )
+        rows = self.rpc("find_chunk_embeddings", {"hashes": hashes, "model": model, "dimensions": dimensions})
         return {row["content_sha256"]: _vector_from_json(row["embedding"]) for row in rows or []}
 
     def complete_items(self, worker: str, completed: list[CompletedItem]) -> set[uuid.UUID]:
@@ -143,7 +141,7 @@ class SupabaseStore:
                 }
                 for chunk in c.chunks
             ]
-            ok = self._rpc(
+            ok = self.rpc(
                 "complete_knowledge_item",
                 {
                     "item_id": str(c.item.id),
@@ -170,7 +168,7 @@ class SupabaseStore:
         retry_base_s: float,
         permanent: bool,
     ) -> str | None:
-        status = self._rpc(
+        status = self.rpc(
             "fail_knowledge_item",
             {
                 "item_id": str(item_id),
@@ -187,20 +185,20 @@ class SupabaseStore:
         if not item_ids:
             return 0
         return int(
-            self._rpc("release_knowledge_items", {"item_ids": [str(i) for i in item_ids], "worker": worker})
+            self.rpc("release_knowledge_items", {"item_ids": [str(i) for i in item_ids], "worker": worker})
         )
 
     def client_summary(self, client_id: uuid.UUID) -> str | None:
         return self.client_summary_backlog(client_id).get("summary") or None
 
     def client_summary_backlog(self, client_id: uuid.UUID) -> dict[str, Any]:
-        return dict(self._rpc("client_summary_backlog", {"client": str(client_id)}))
+        return dict(self.rpc("client_summary_backlog", {"client": str(client_id)}))
 
     def save_client_summary(
         self, client_id: uuid.UUID, expected_version: int, summary: str, item_ids: list[uuid.UUID], model: str
     ) -> bool:
         return bool(
-            self._rpc(
+            self.rpc(
                 "save_client_summary",
                 {
                     "client": str(client_id),
@@ -213,7 +211,7 @@ class SupabaseStore:
         )
 
     def search(self, embedding: Any, k: int, client_id: uuid.UUID | None) -> list[SearchHit]:
-        rows = self._rpc(
+        rows = self.rpc(
             "match_knowledge_chunks",
             {
                 "query_embedding": _vector_text(embedding),

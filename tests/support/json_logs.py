@@ -44,9 +44,13 @@ def captured_logs() -> Iterator[CapturedLogs]:
     captured = CapturedLogs()
     handlers = [h for h in logger.handlers if isinstance(h, logging.StreamHandler)]
     assert handlers, "the powertools Logger has no stream handler to capture"
-    previous = [h.setStream(captured.buffer) for h in handlers]
+    # Plain assignment, not setStream(): setStream flushes the old stream, which may be a
+    # pytest capture that is already closed.
+    previous = [h.stream for h in handlers]
+    for handler in handlers:
+        handler.stream = captured.buffer
     try:
         yield captured
     finally:
         for handler, stream in zip(handlers, previous, strict=True):
-            handler.setStream(stream)  # type: ignore[arg-type]
+            handler.stream = stream
