@@ -1,5 +1,5 @@
 # Thin aliases over tasks.py, which needs only python3.
-.PHONY: demo test check bench
+.PHONY: demo test check bench package
 demo:
 	python3 tasks.py demo
 test:
@@ -8,3 +8,5 @@ check:
 	python3 tasks.py check
 bench:
 	python3 tasks.py bench
+package:
+	python3 tasks.py package

@@ -5,6 +5,7 @@ python3 tasks.py demo     ingest (and process) the sample documents on an embedd
 python3 tasks.py test     run the whole test suite
 python3 tasks.py check    ruff lint + format check
 python3 tasks.py bench    run the benchmarks under bench/
+python3 tasks.py package  build the Lambda zips with the Serverless Framework (osls), offline
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def ensure_venv() -> None:
 def main(argv: list[str]) -> int:
     command = argv[0] if argv else "help"
     rest = argv[1:]
-    if command not in {"demo", "test", "check", "bench", "nexus"}:
+    if command not in {"demo", "test", "check", "bench", "nexus", "package"}:
         print(__doc__)
         return 0 if command == "help" else 2
     ensure_venv()
@@ -54,6 +55,9 @@ def main(argv: list[str]) -> int:
         return _run(BIN / "python", "-m", "pytest", *rest)
     if command == "check":
         return _run(BIN / "ruff", "check", ".") or _run(BIN / "ruff", "format", "--check", ".")
+    if command == "package":
+        env = {**os.environ, "SLS_TELEMETRY_DISABLED": "1", "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+        return _run("npm", "ci", "--no-audit", "--no-fund") or _run("npx", "osls", "package", *rest, env=env)
     return _run(BIN / "python", "bench/run.py", *rest)
 
 

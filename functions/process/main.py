@@ -11,6 +11,7 @@ import os
 from typing import Any
 
 from shared.events import EventError, lambda_event_kind, pubsub_body
+from shared.problems import HttpResponse
 from shared.processing import ProcessService
 from shared.runtimes import flask_response, from_flask, lambda_http_handler, unrecognised_event_result
 
@@ -33,6 +34,11 @@ def handler(event: Any, context: Any) -> dict[str, Any]:
 def webhook(request: Any) -> tuple[bytes, int, dict[str, str]]:
     """functions-framework HTTP target for Supabase database webhooks."""
     return flask_response(service.handle_webhook(from_flask(request)))
+
+
+def sweep(request: Any) -> tuple[bytes, int, dict[str, str]]:
+    """functions-framework HTTP target for Cloud Scheduler: the scheduled sweep."""
+    return flask_response(HttpResponse.json(200, service.handle_schedule()))
 
 
 def pubsub(cloud_event: Any) -> dict[str, Any]:
