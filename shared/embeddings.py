@@ -108,11 +108,15 @@ def _retry_after_s(headers: Any) -> float | None:
             return None
 
 
-def _error_of(body: bytes) -> tuple[str, str]:
-    """(code or type, message) from an OpenAI error body, tolerating anything."""
+def _error_of(body: bytes, secret: str = "") -> tuple[str, str]:
+    """(code or type, message) from an OpenAI error body, tolerating anything. `secret` (the API
+    key) is masked out of the message: some compatible proxies echo the key they received."""
     try:
         error = json.loads(body).get("error") or {}
-        return str(error.get("code") or error.get("type") or ""), str(error.get("message") or "")[:300]
+        message = str(error.get("message") or "")
+        if secret:
+            message = message.replace(secret, "[redacted]")
+        return str(error.get("code") or error.get("type") or ""), message[:300]
     except (ValueError, AttributeError):
         return "", ""
 
@@ -150,6 +154,7 @@ class OpenAIEmbedder:
         self.concurrency = max(1, concurrency)
         self.retry = retry or RetryPolicy()
         self.stats = EmbeddingStats()
+        self._api_key = api_key  # only to mask it out of upstream error messages
         self._stats_lock = threading.Lock()
         self._client = httpx.Client(
             base_url=(base_url or DEFAULT_BASE_URL).rstrip("/") + "/",
@@ -215,7 +220,7 @@ class OpenAIEmbedder:
 
     def _classify(self, response: Any) -> tuple[str, float | None]:
         """Raise for answers that retrying cannot fix; else describe the transient problem."""
-        code, message = _error_of(response.content)
+        code, message = _error_of(response.content, self._api_key)
         status = response.status_code
         if code == "insufficient_quota":
             raise EmbeddingError(

@@ -150,6 +150,9 @@ class Processor:
             if not claimed:
                 break
             report.merge(self.process_claimed(claimed))
+        if remaining_s() > SWEEP_RESERVE_S:
+            # Folds a crash or a failed fold left behind (items stored, client summary not updated).
+            self._fold_clients(set(self.store.clients_with_summary_backlog()))
         return report
 
     # -- the pipeline -------------------------------------------------------------------------
@@ -205,17 +208,39 @@ class Processor:
             self._embed_into(vectors, missing, texts, report)
             return vectors, {}
         except EmbeddingError as exc:
-            if exc.retryable or exc.code == "insufficient_quota" or len(prepared) == 1:
+            # A rejected batch is retried item by item so a poison item fails alone. A transient
+            # error is too, but only once the batch has failed before: a first failure is more
+            # likely an outage than a bad input, and splitting then would multiply the requests.
+            suspects = not exc.retryable or any(p.item.attempts > 1 for p in prepared)
+            if exc.code == "insufficient_quota" or len(prepared) == 1 or not suspects:
                 return vectors, {p.item.id: exc for p in prepared if any(h not in vectors for h in p.hashes)}
+        return vectors, self._embed_each(prepared, vectors, texts, report)
+
+    def _embed_each(
+        self,
+        prepared: list[_Prepared],
+        vectors: dict[str, Any],
+        texts: dict[str, tuple[str, int]],
+        report: ProcessingReport,
+    ) -> dict[uuid.UUID, EmbeddingError]:
+        """Embed item by item; after two transient failures in a row (an outage, not one bad
+        input) the rest fail without spending more requests."""
         failures: dict[uuid.UUID, EmbeddingError] = {}
+        transient_in_a_row = 0
+        last: EmbeddingError | None = None
         for p in prepared:
+            if transient_in_a_row >= 2 and last is not None:
+                failures[p.item.id] = last
+                continue
             try:
                 self._embed_into(
                     vectors, [h for h in dict.fromkeys(p.hashes) if h not in vectors], texts, report
                 )
+                transient_in_a_row = 0
             except EmbeddingError as exc:
-                failures[p.item.id] = exc
-        return vectors, failures
+                failures[p.item.id] = last = exc
+                transient_in_a_row = transient_in_a_row + 1 if exc.retryable else 0
+        return failures
 
     def _embed_into(
         self,

@@ -183,6 +183,10 @@ class Store(Protocol):
         """Store a folded summary unless another was saved since `expected_version`."""
         ...
 
+    def clients_with_summary_backlog(self, max_clients: int = 100) -> list[uuid.UUID]:
+        """Clients whose done items are not all folded into their summary yet."""
+        ...
+
     def search(self, embedding: array[float], k: int, client_id: uuid.UUID | None) -> list[SearchHit]:
         """The `k` chunks nearest to `embedding` (cosine), optionally for one client."""
         ...
@@ -384,6 +388,13 @@ class PostgresStore:
                 (client_id, expected_version, summary, item_ids, model),
             ).fetchone()
         return bool(row and row["ok"])
+
+    def clients_with_summary_backlog(self, max_clients: int = 100) -> list[uuid.UUID]:
+        with self.holder.connection() as conn:
+            rows = conn.execute(
+                "select public.clients_with_summary_backlog(%s) as client_id", (max_clients,)
+            ).fetchall()
+        return [uuid.UUID(str(row["client_id"])) for row in rows]
 
     def search(self, embedding: array[float], k: int, client_id: uuid.UUID | None) -> list[SearchHit]:
         with self._vector_connection() as conn:

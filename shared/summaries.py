@@ -122,6 +122,7 @@ class OpenAISummarizer:
 
         self.model = model
         self.retry = retry or RetryPolicy()
+        self._api_key = api_key  # only to mask it out of upstream error messages
         self._client = httpx.Client(
             base_url=(base_url or DEFAULT_BASE_URL).rstrip("/") + "/",
             headers={"authorization": f"Bearer {api_key}"},
@@ -177,7 +178,7 @@ class OpenAISummarizer:
                     except (ValueError, KeyError, IndexError, TypeError):
                         problem = "malformed chat response"
                 else:
-                    code, message = _error_of(response.content)
+                    code, message = _error_of(response.content, self._api_key)
                     status = response.status_code
                     if code == "insufficient_quota" or (400 <= status < 500 and status not in (408, 429)):
                         raise SummaryError(

@@ -194,6 +194,10 @@ class SupabaseStore:
     def client_summary_backlog(self, client_id: uuid.UUID) -> dict[str, Any]:
         return dict(self.rpc("client_summary_backlog", {"client": str(client_id)}))
 
+    def clients_with_summary_backlog(self, max_clients: int = 100) -> list[uuid.UUID]:
+        rows = self.rpc("clients_with_summary_backlog", {"max_clients": max_clients}) or []
+        return [uuid.UUID(str(row)) for row in rows]
+
     def save_client_summary(
         self, client_id: uuid.UUID, expected_version: int, summary: str, item_ids: list[uuid.UUID], model: str
     ) -> bool:

@@ -1,0 +1,405 @@
+"""The OpenAI embedder over real HTTP against the local OpenAI-compatible server: request packing
+through the whole pipeline, and every fault the retry policy must tell apart (retry with backoff
+and Retry-After, or stop and report), without ever leaking the API key."""
+
+from __future__ import annotations
+
+import random
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Iterator
+from email.utils import format_datetime
+from typing import Any
+
+import psycopg
+import pytest
+
+from shared.embeddings import EmbeddingError, OpenAIEmbedder, RetryPolicy
+from shared.pipeline import Processor
+from shared.store import PostgresStore
+from shared.summaries import LocalSummarizer, OpenAISummarizer
+from tests.support.openai_server import OpenAIServer, expected_embedding
+from tests.support.process_helpers import assert_exact_chunk_set, document, insert_items, item_states
+
+API_KEY = "sk-test-4f1c9a7e2b8d4c6fa0e3b5d7c9e1f2a3"
+MODEL = "text-embedding-3-small"
+
+
+class RecordingSleep:
+    """A RetryPolicy `sleep` that records each wait instead of spending it."""
+
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+
+    def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+
+
+@pytest.fixture(scope="module")
+def running_server() -> Iterator[OpenAIServer]:
+    with OpenAIServer(latency_ms=0) as server:
+        yield server
+
+
+@pytest.fixture
+def server(running_server: OpenAIServer) -> OpenAIServer:
+    """The module's server with zeroed stats and no queued fault."""
+    running_server.reset()
+    return running_server
+
+
+@pytest.fixture
+def sleep() -> RecordingSleep:
+    return RecordingSleep()
+
+
+EmbedderFactory = Callable[..., OpenAIEmbedder]
+
+
+@pytest.fixture
+def make_embedder(server: OpenAIServer, sleep: RecordingSleep) -> Iterator[EmbedderFactory]:
+    """OpenAI embedders pointed at the local server, with fast, recorded retries."""
+    made: list[OpenAIEmbedder] = []
+
+    def make(api_key: str = API_KEY, timeout_s: float = 30.0, max_attempts: int = 4) -> OpenAIEmbedder:
+        retry = RetryPolicy(max_attempts=max_attempts, base_s=0.01, sleep=sleep)
+        embedder = OpenAIEmbedder(api_key, MODEL, 1536, server.base_url, timeout_s=timeout_s, retry=retry)
+        made.append(embedder)
+        return embedder
+
+    yield make
+    for embedder in made:
+        embedder.close()
+
+
+def processor(store: PostgresStore, embedder: OpenAIEmbedder, **kwargs: Any) -> Processor:
+    return Processor(store, embedder, LocalSummarizer(), retry_base_s=60.0, **kwargs)
+
+
+def assert_vector(vector: Any, text: str) -> None:
+    assert len(vector) == 1536
+    assert list(vector) == pytest.approx(expected_embedding(text, MODEL, 1536), abs=1e-6)
+
+
+def stored_vector(admin: psycopg.Connection[Any], item_id: uuid.UUID, index: int) -> tuple[str, list[float]]:
+    row = admin.execute(
+        "select content, embedding::text as vector from knowledge_chunks "
+        "where knowledge_item_id = %s and chunk_index = %s",
+        (item_id, index),
+    ).fetchone()
+    assert row is not None
+    return row["content"], [float(x) for x in row["vector"].strip("[]").split(",")]
+
+
+# -- packing ------------------------------------------------------------------------------------
+
+
+def test_forty_long_items_are_packed_into_at_most_three_requests(
+    admin: psycopg.Connection[Any],
+    client_id: uuid.UUID,
+    store: PostgresStore,
+    server: OpenAIServer,
+    make_embedder: EmbedderFactory,
+) -> None:
+    rng = random.Random(40)
+    tag = uuid.uuid4().hex[:8]
+    contents = [document(rng, 8, 125, f"{tag}-{n}") for n in range(40)]
+    ids = insert_items(admin, client_id, contents)
+    summarizer = OpenAISummarizer(API_KEY, base_url=server.base_url, retry=RetryPolicy(base_s=0.01))
+    try:
+        report = Processor(store, make_embedder(), summarizer).process_ids(ids, lease_s=120)
+    finally:
+        summarizer.close()
+
+    assert report.done == 40 and report.failed == 0
+    stats = server.stats
+    assert 1 <= stats.embedding_requests <= 3, stats.embedding_batches
+    assert stats.embedding_attempts == stats.embedding_requests  # nothing retried, nothing rejected
+    rows = admin.execute(
+        "select sum(chunk_count) as chunks, sum(token_count) as tokens, min(token_count) as smallest "
+        "from knowledge_items where id = any(%s)",
+        (ids,),
+    ).fetchone()
+    assert rows is not None and rows["smallest"] >= 1800  # ~2,000 tokens each, as the issue asks
+    assert stats.embedding_inputs == rows["chunks"] == report.chunks
+    assert stats.embedding_tokens == rows["tokens"]  # counted exactly, the way the server counts
+    assert sum(assert_exact_chunk_set(admin, item_id) for item_id in ids) == rows["chunks"]
+    for item_id in rng.sample(ids, 3):
+        text, vector = stored_vector(admin, item_id, rng.randrange(8))
+        assert_vector(vector, text)
+    summaries = admin.execute("select summary from knowledge_items where id = any(%s)", (ids,)).fetchall()
+    assert all(row["summary"].startswith("Summary:") for row in summaries)
+
+
+# -- faults that are retried --------------------------------------------------------------------
+
+
+def _http_date_in(seconds: float) -> str:
+    from datetime import UTC, datetime, timedelta
+
+    return format_datetime(datetime.now(UTC) + timedelta(seconds=seconds), usegmt=True)
+
+
+@pytest.mark.parametrize(
+    ("fault", "at_least_s"),
+    [
+        ({"status": 429, "retry_after": "1"}, 1.0),
+        ({"status": 429, "retry_after": "7"}, 7.0),
+        ({"status": 429, "retry_after_ms": "1500"}, 1.5),
+        ({"status": 503, "retry_after": "2"}, 2.0),
+        ({"status": 429, "headers": {"retry-after": "HTTP-DATE+5"}}, 3.9),
+    ],
+    ids=["retry-after-1s", "retry-after-7s", "retry-after-ms", "503-retry-after", "retry-after-http-date"],
+)
+def test_retry_after_is_honoured(
+    server: OpenAIServer,
+    make_embedder: EmbedderFactory,
+    sleep: RecordingSleep,
+    fault: dict[str, Any],
+    at_least_s: float,
+) -> None:
+    if "headers" in fault:
+        fault = {**fault, "headers": {"retry-after": _http_date_in(5)}}
+    server.enqueue_faults([{"endpoint": "embeddings", **fault}])
+    vectors = make_embedder().embed(["a rate limited text"])
+
+    assert len(sleep.waits) == 1 and sleep.waits[0] >= at_least_s, sleep.waits
+    assert_vector(vectors[0], "a rate limited text")
+    stats = server.stats
+    assert (stats.embedding_attempts, stats.embedding_requests) == (2, 1)
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 429])
+def test_transient_error_then_success(
+    server: OpenAIServer, make_embedder: EmbedderFactory, sleep: RecordingSleep, status: int
+) -> None:
+    server.enqueue_faults([{"endpoint": "embeddings", "status": status}])
+    texts = ["first text", "second text"]
+    vectors = make_embedder().embed(texts)
+
+    for vector, text in zip(vectors, texts, strict=True):
+        assert_vector(vector, text)
+    assert len(sleep.waits) == 1 and 0 <= sleep.waits[0] <= 0.01  # full jitter under base_s · 2^0
+    stats = server.stats
+    assert (stats.embedding_attempts, stats.embedding_requests, stats.embedding_inputs) == (2, 1, 2)
+
+
+def test_backoff_grows_exponentially_with_jitter(
+    server: OpenAIServer, make_embedder: EmbedderFactory, sleep: RecordingSleep
+) -> None:
+    server.enqueue_faults([{"endpoint": "embeddings", "status": 500}] * 5)
+    make_embedder(max_attempts=6).embed(["sixth time lucky"])
+
+    assert len(sleep.waits) == 5
+    for attempt, wait in enumerate(sleep.waits):
+        assert 0 <= wait <= 0.01 * 2**attempt
+
+
+def test_hang_times_out_on_the_client_and_is_retried(
+    server: OpenAIServer, make_embedder: EmbedderFactory, sleep: RecordingSleep
+) -> None:
+    server.enqueue_faults([{"endpoint": "embeddings", "hang_s": 3}])
+    started = time.monotonic()
+    vectors = make_embedder(timeout_s=0.3).embed(["a text that once hung"])
+    elapsed = time.monotonic() - started
+
+    assert_vector(vectors[0], "a text that once hung")
+    assert elapsed < 2.5  # the client's timeout ended the wait, not the server
+    assert len(sleep.waits) == 1
+    stats = server.stats
+    assert (stats.embedding_attempts, stats.embedding_requests) == (2, 1)
+
+
+def test_malformed_body_is_retried(
+    server: OpenAIServer, make_embedder: EmbedderFactory, sleep: RecordingSleep
+) -> None:
+    server.enqueue_faults([{"endpoint": "embeddings", "malformed": True}])
+    vectors = make_embedder().embed(["a text whose first answer was cut short"])
+
+    assert_vector(vectors[0], "a text whose first answer was cut short")
+    assert len(sleep.waits) == 1
+    stats = server.stats
+    assert (stats.embedding_attempts, stats.embedding_requests) == (2, 1)
+
+
+def test_persistent_server_errors_give_up_as_retryable(
+    admin: psycopg.Connection[Any],
+    client_id: uuid.UUID,
+    store: PostgresStore,
+    server: OpenAIServer,
+    make_embedder: EmbedderFactory,
+    sleep: RecordingSleep,
+) -> None:
+    (item_id,) = insert_items(admin, client_id, ["A document the service keeps failing on, for now."])
+    server.enqueue_faults([{"endpoint": "embeddings", "status": 500}] * 3)
+    report = processor(store, make_embedder(max_attempts=3), max_attempts=5).process_ids([item_id], 60)
+
+    assert report.failed_ids == {item_id}
+    assert server.stats.embedding_attempts == 3 and len(sleep.waits) == 2
+    state = item_states(admin, [item_id])[item_id]
+    assert (state["status"], state["attempts"]) == ("failed", 1)  # retryable: attempts left for the sweep
+    assert "after 3 attempts" in state["last_error"] and "HTTP 500" in state["last_error"]
+    assert admin.execute("select now() as now").fetchone()["now"] < state["next_attempt_at"]
+
+
+# -- faults that stop at once -------------------------------------------------------------------
+
+
+def test_insufficient_quota_is_not_retried(
+    server: OpenAIServer, make_embedder: EmbedderFactory, sleep: RecordingSleep
+) -> None:
+    server.enqueue_faults([{"endpoint": "embeddings", "status": 429, "code": "insufficient_quota"}])
+    with pytest.raises(EmbeddingError) as caught:
+        make_embedder().embed(["no money left"])
+
+    assert caught.value.retryable is False and caught.value.code == "insufficient_quota"
+    assert "quota" in str(caught.value)
+    assert sleep.waits == []
+    assert server.stats.embedding_attempts == 1
+
+
+def test_insufficient_quota_fails_the_batch_with_one_request_and_keeps_old_chunks(
+    admin: psycopg.Connection[Any],
+    client_id: uuid.UUID,
+    store: PostgresStore,
+    server: OpenAIServer,
+    make_embedder: EmbedderFactory,
+) -> None:
+    rng = random.Random(7)
+    tag = uuid.uuid4().hex[:8]
+    ids = insert_items(admin, client_id, [document(rng, 2, 60, f"{tag}-{n}") for n in range(4)])
+    work = processor(store, make_embedder(), max_attempts=5)
+    assert work.process_ids(ids[:1], 60).done == 1
+    old_chunks = admin.execute(
+        "select chunk_index, content from knowledge_chunks where knowledge_item_id = %s order by 1", (ids[0],)
+    ).fetchall()
+    admin.execute("update knowledge_items set content = content || ' Edited.' where id = %s", (ids[0],))
+    server.reset()
+    server.enqueue_faults([{"endpoint": "embeddings", "status": 429, "code": "insufficient_quota"}])
+
+    report = work.process_ids(ids, 60)
+
+    assert report.failed_ids == set(ids)
+    assert server.stats.embedding_attempts == 1  # no retry, no item-by-item fallback
+    states = item_states(admin, ids)
+    for item_id in ids:
+        state = states[item_id]
+        assert state["status"] == "failed" and state["attempts"] == 1  # retried once credit is added
+        assert "insufficient_quota" in state["last_error"] and "add credit" in state["last_error"]
+    kept = admin.execute(
+        "select chunk_index, content from knowledge_chunks where knowledge_item_id = %s order by 1", (ids[0],)
+    ).fetchall()
+    assert kept == old_chunks
+
+
+def test_bad_request_is_not_retried(
+    admin: psycopg.Connection[Any],
+    client_id: uuid.UUID,
+    store: PostgresStore,
+    server: OpenAIServer,
+    make_embedder: EmbedderFactory,
+    sleep: RecordingSleep,
+) -> None:
+    server.enqueue_faults([{"endpoint": "embeddings", "status": 400, "code": "invalid_request_error"}])
+    with pytest.raises(EmbeddingError) as caught:
+        make_embedder().embed(["a request the API refuses"])
+    assert caught.value.retryable is False and "HTTP 400" in str(caught.value)
+    assert sleep.waits == [] and server.stats.embedding_attempts == 1
+
+    (item_id,) = insert_items(admin, client_id, ["A document the API refuses to embed, every time."])
+    server.reset()
+    server.enqueue_faults([{"endpoint": "embeddings", "status": 400, "code": "invalid_request_error"}])
+    processor(store, make_embedder(), max_attempts=5).process_ids([item_id], 60)
+
+    state = item_states(admin, [item_id])[item_id]
+    assert (state["status"], state["attempts"]) == ("failed", 5)  # permanent: no attempts left
+    assert "HTTP 400" in state["last_error"] and "invalid_request_error" in state["last_error"]
+    assert server.stats.embedding_attempts == 1 and sleep.waits == []
+
+
+def test_one_rejected_packed_request_is_retried_item_by_item(
+    admin: psycopg.Connection[Any],
+    client_id: uuid.UUID,
+    store: PostgresStore,
+    server: OpenAIServer,
+    make_embedder: EmbedderFactory,
+) -> None:
+    rng = random.Random(11)
+    tag = uuid.uuid4().hex[:8]
+    ids = insert_items(admin, client_id, [document(rng, 2, 60, f"{tag}-{n}") for n in range(3)])
+    server.enqueue_faults([{"endpoint": "embeddings", "status": 400, "code": "invalid_request_error"}])
+
+    report = processor(store, make_embedder()).process_ids(ids, 60)
+
+    assert report.done_ids == set(ids)
+    assert server.stats.embedding_attempts == 1 + 3  # the packed request, then one per item
+    for item_id in ids:
+        assert_exact_chunk_set(admin, item_id)
+
+
+# -- secrets ------------------------------------------------------------------------------------
+
+
+def _assert_no_key(exc: BaseException, key: str) -> None:
+    text = "".join(traceback.format_exception(exc)) + repr(exc) + repr(exc.args)
+    assert key not in text
+    assert key[3:-4] not in text  # not even its middle
+
+
+def test_a_wrong_api_key_is_reported_without_the_key(make_embedder: EmbedderFactory) -> None:
+    wrong = "sk-wrong-0f9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c"
+    with OpenAIServer(api_key=API_KEY) as strict:
+        embedder = OpenAIEmbedder(
+            wrong, MODEL, 1536, strict.base_url, retry=RetryPolicy(sleep=RecordingSleep())
+        )
+        try:
+            with pytest.raises(EmbeddingError) as caught:
+                embedder.embed(["who am I"])
+        finally:
+            embedder.close()
+    assert caught.value.retryable is False and "401" in str(caught.value)
+    _assert_no_key(caught.value, wrong)
+
+
+@pytest.mark.parametrize("where", ["timeout", "transport", "server-error", "malformed"])
+def test_retryable_failures_never_carry_the_key(
+    server: OpenAIServer, make_embedder: EmbedderFactory, where: str
+) -> None:
+    fault = {
+        "timeout": {"hang_s": 1},
+        "server-error": {"status": 500},
+        "malformed": {"malformed": True},
+        "transport": {"hang_s": 0},  # the connection is dropped unanswered
+    }[where]
+    server.enqueue_faults([{"endpoint": "embeddings", **fault}] * 2)
+    with pytest.raises(EmbeddingError) as caught:
+        make_embedder(timeout_s=0.2, max_attempts=2).embed(["text"])
+    assert caught.value.retryable is True
+    _assert_no_key(caught.value, API_KEY)
+
+
+def test_an_upstream_message_echoing_the_key_is_redacted(
+    admin: psycopg.Connection[Any],
+    client_id: uuid.UUID,
+    store: PostgresStore,
+    server: OpenAIServer,
+    make_embedder: EmbedderFactory,
+) -> None:
+    echo = {
+        "endpoint": "embeddings",
+        "status": 401,
+        "code": "invalid_api_key",
+        "message": f"Authentication Error, Invalid proxy server token passed. Received API Key = {API_KEY}",
+    }
+    (item_id,) = insert_items(admin, client_id, ["A document embedded through a proxy."])
+    server.enqueue_faults([echo])
+    processor(store, make_embedder()).process_ids([item_id], 60)
+    last_error = item_states(admin, [item_id])[item_id]["last_error"]
+    assert "401" in last_error
+    assert API_KEY not in last_error
+
+    server.enqueue_faults([echo])
+    with pytest.raises(EmbeddingError) as caught:
+        make_embedder().embed(["text"])
+    _assert_no_key(caught.value, API_KEY)
