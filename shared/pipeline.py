@@ -8,6 +8,7 @@ and embeddings are looked up by chunk text hash first, so a repeat costs no seco
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import socket
@@ -121,6 +122,12 @@ class Processor:
         self.worker = worker or new_worker_id()
         self.progress = progress
         self.logger = get_logger()
+
+    def for_worker(self, worker: str) -> Processor:
+        """The same processor (same store, embedder, summariser) acting as another worker."""
+        twin = copy.copy(self)
+        twin.worker = worker
+        return twin
 
     # -- entry points -------------------------------------------------------------------------
 

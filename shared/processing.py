@@ -56,10 +56,11 @@ class ProcessService:
         return self.settings
 
     def _processor(self, context: Any) -> Processor:
+        """A processor for this invocation: shared clients, its own worker id (threaded servers
+        run invocations concurrently, and a lease must name the invocation that holds it)."""
         if self.processor is None:
             self.processor = processor_from_settings(self._settings())
-        self.processor.worker = new_worker_id(invocation_id(context))
-        return self.processor
+        return self.processor.for_worker(new_worker_id(invocation_id(context)))
 
     def process_item(self, item_id: uuid.UUID, context: Any = None) -> ProcessingReport:
         """Process one item now (if it still needs it) within the invocation's time."""
