@@ -86,7 +86,9 @@ def _atoms(text: str, start: int, end: int, max_tokens: int, depth: int = 0) -> 
         return _hard_split(text, start, end, max_tokens)
     level, pattern = _LEVELS[depth]
     spans = _pieces(text, start, end, pattern)
-    counts = [len(t) for t in get_encoding().encode_ordinary_batch([text[a:b] for a, b in spans])]
+    # One encode call per span: encode_ordinary_batch would start a thread pool on every call.
+    encode = get_encoding().encode_ordinary
+    counts = [len(encode(text[a:b])) for a, b in spans]
     atoms: list[_Atom] = []
     for (a, b), tokens in zip(spans, counts, strict=True):
         if tokens <= max_tokens:
