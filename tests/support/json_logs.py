@@ -49,8 +49,13 @@ def captured_logs() -> Iterator[CapturedLogs]:
     previous = [h.stream for h in handlers]
     for handler in handlers:
         handler.stream = captured.buffer
+    # The cached Logger keeps the level it was created with; an earlier in-process CLI run
+    # (POWERTOOLS_LOG_LEVEL=WARNING) must not hide the INFO lines these tests read.
+    previous_level = logger.log_level
+    logger.setLevel(logging.INFO)
     try:
         yield captured
     finally:
+        logger.setLevel(previous_level)
         for handler, stream in zip(handlers, previous, strict=True):
             handler.stream = stream
