@@ -106,7 +106,7 @@ class Processor:
         max_attempts: int = 5,
         retry_base_s: float = 30.0,
         batch_tokens: int = 1_200_000,
-        summary_concurrency: int = 4,
+        summary_concurrency: int = 8,
         worker: str | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> None:
@@ -353,23 +353,33 @@ def _is_local(summarizer: Summarizer) -> bool:
     return summarizer.model.startswith("local")
 
 
+MAX_FOLD_ROUNDS = 40  # x 50 items a round: a whole large batch folds in one run
+
+
 def fold_client_summary(
     store: Store, summarizer: Summarizer, client_id: uuid.UUID, attempts: int = 3
 ) -> bool:
-    """Fold the client's not-yet-folded item summaries into its summary. Optimistic: on a lost
-    race the fold is redone from the newer summary. Returns whether anything was saved."""
-    for _ in range(attempts):
+    """Fold the client's not-yet-folded item summaries into its summary, 50 at a time until none
+    are left. Optimistic: a round that loses a race is redone from the newer summary (at most
+    `attempts` losses). Returns whether anything was saved."""
+    saved = False
+    losses = 0
+    for _ in range(MAX_FOLD_ROUNDS):
         backlog = store.client_summary_backlog(client_id)
         items = backlog.get("items") or []
         if not items:
-            return False
+            break
         summary = summarizer.fold_client(backlog.get("summary") or "", [i["summary"] for i in items])
         ids = [uuid.UUID(str(i["id"])) for i in items]
         if store.save_client_summary(
             client_id, int(backlog.get("version") or 0), summary, ids, summarizer.model
         ):
-            return True
-    return False
+            saved = True
+            continue
+        losses += 1
+        if losses >= attempts:
+            break
+    return saved
 
 
 def processor_from_settings(settings: Any, store: Store | None = None, **kwargs: Any) -> Processor:

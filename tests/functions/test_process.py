@@ -244,3 +244,29 @@ def test_pubsub_message_body_is_processed(process: Any, admin: Any, client_id: u
     result = target(CloudEvent(event["data"]))
     assert result["status"] == "done"
     assert item_state(admin, item_id)["status"] == "done"
+
+
+def test_one_sweep_folds_every_item_into_the_client_summary(
+    process: Any, admin: Any, client_id: uuid.UUID
+) -> None:
+    ids = [
+        new_item(admin, client_id, f"Note {i}. The dock {i} contacts were cleaned on shift {i}.")
+        for i in range(120)
+    ]
+
+    class Context:
+        aws_request_id = "req-fold"
+
+        @staticmethod
+        def get_remaining_time_in_millis() -> int:
+            return 120_000
+
+    result = process.handler(load_event("eventbridge_scheduled.json"), Context())
+    assert result["status"] == "ok"
+    assert all(item_state(admin, i)["status"] == "done" for i in ids)
+    row = admin.execute(
+        "select s.item_count, (select count(*) from knowledge_items k where k.client_id = s.client_id"
+        " and not k.summary_folded) as unfolded from client_summaries s where s.client_id = %s",
+        (client_id,),
+    ).fetchone()
+    assert row == {"item_count": 120, "unfolded": 0}
