@@ -171,12 +171,16 @@ class Processor:
         if not items:
             return report
         prepared = [self._chunk(item) for item in items]
-        vectors, failures = self._embeddings(prepared, report)
+        # Summaries and embeddings are independent: summarise while the embedding requests fly.
+        with ThreadPoolExecutor(max_workers=1) as background:
+            summarizing = background.submit(self._summarize_all, prepared)
+            vectors, failures = self._embeddings(prepared, report)
+            outcomes = summarizing.result()
         for p in prepared:
             if p.item.id in failures:
                 self._fail(p.item, failures[p.item.id], report)
         prepared = [p for p in prepared if p.item.id not in failures]
-        summaries = self._summaries(prepared, report)
+        summaries = self._summaries(prepared, outcomes, report)
         completed = [
             self._completed(p, vectors, summaries[p.item.id]) for p in prepared if p.item.id in summaries
         ]
@@ -263,21 +267,33 @@ class Processor:
         report.embedded_chunks += len(hashes)
         report.embedded_tokens += sum(texts[h][1] for h in hashes)
 
-    def _summaries(self, prepared: list[_Prepared], report: ProcessingReport) -> dict[uuid.UUID, str]:
-        def summarize(p: _Prepared) -> tuple[_Prepared, str | SummaryError]:
+    def _summarize_all(self, prepared: list[_Prepared]) -> dict[uuid.UUID, str | SummaryError]:
+        """Each item's summary, or the error that prevented it (several calls at a time)."""
+
+        def summarize(p: _Prepared) -> str | SummaryError:
             try:
                 chunks = [c.text for c in p.chunks] if self.chunk_overlap == 0 else [p.item.content]
-                return p, self.summarizer.summarize_item(chunks, p.item.source)
+                return self.summarizer.summarize_item(chunks, p.item.source)
             except SummaryError as exc:
-                return p, exc
+                return exc
 
         if self.summary_concurrency > 1 and len(prepared) > 1 and not _is_local(self.summarizer):
             with ThreadPoolExecutor(max_workers=self.summary_concurrency) as pool:
                 results = list(pool.map(summarize, prepared))
         else:
             results = [summarize(p) for p in prepared]
+        return {p.item.id: outcome for p, outcome in zip(prepared, results, strict=True)}
+
+    def _summaries(
+        self,
+        prepared: list[_Prepared],
+        outcomes: dict[uuid.UUID, str | SummaryError],
+        report: ProcessingReport,
+    ) -> dict[uuid.UUID, str]:
+        """The summaries of the items still in play; a failed summary fails its item."""
         summaries: dict[uuid.UUID, str] = {}
-        for p, outcome in results:
+        for p in prepared:
+            outcome = outcomes[p.item.id]
             if isinstance(outcome, SummaryError):
                 self._fail(p.item, outcome, report)
             else:
