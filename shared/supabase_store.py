@@ -15,6 +15,7 @@ from typing import Any
 
 from shared.errors import ConfigError, DatabaseUnavailable, NexusError
 from shared.store import ClaimedItem, CompletedItem, IngestOutcome, SearchHit
+from shared.vectors import from_pgvector_text, to_pgvector_text
 
 CONNECT_TIMEOUT_S = 10
 REQUEST_TIMEOUT_S = 60
@@ -134,7 +135,7 @@ class SupabaseStore:
                 {
                     "chunk_index": chunk.chunk_index,
                     "content": chunk.content,
-                    "embedding": _vector_text(chunk.embedding),
+                    "embedding": to_pgvector_text(chunk.embedding),
                     "token_count": chunk.token_count,
                     "char_start": chunk.char_start,
                     "char_end": chunk.char_end,
@@ -218,7 +219,7 @@ class SupabaseStore:
         rows = self.rpc(
             "match_knowledge_chunks",
             {
-                "query_embedding": _vector_text(embedding),
+                "query_embedding": to_pgvector_text(embedding),
                 "match_count": k,
                 "filter_client_id": None if client_id is None else str(client_id),
             },
@@ -271,14 +272,8 @@ def _api_error(function: str, exc: Any) -> NexusError:
     return SupabaseError(f"Supabase could not run {function} ({code or 'no error code'}); see the logs.")
 
 
-def _vector_text(vector: Any) -> str:
-    """pgvector's text form; 9 significant digits keep float32 exact."""
-    return "[" + ",".join(format(float(v), ".9g") for v in vector) + "]"
-
-
 def _vector_from_json(value: Any) -> Any:
+    """PostgREST sends a vector as its text form; accept a JSON array too."""
     from array import array
 
-    if isinstance(value, str):
-        return array("f", (float(v) for v in value.strip("[]").split(",") if v))
-    return array("f", value)
+    return from_pgvector_text(value) if isinstance(value, str) else array("f", value)

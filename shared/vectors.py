@@ -6,7 +6,6 @@ from the HTTP response to a binary COPY without a detour through Python floats o
 
 from __future__ import annotations
 
-import math
 import struct
 import sys
 from array import array
@@ -17,17 +16,14 @@ from psycopg.adapt import Dumper, Loader
 from psycopg.pq import Format
 from psycopg.types import TypeInfo
 
-Vector = array  # array('f'): float32 values
+
+def to_pgvector_text(value: Any) -> str:
+    """pgvector's text form, `[x,y,…]`; 9 significant digits keep float32 values exact."""
+    return "[" + ",".join(format(float(v), ".9g") for v in value) + "]"
 
 
-def to_vector(values: Any) -> array[float]:
-    return values if isinstance(values, array) and values.typecode == "f" else array("f", values)
-
-
-def normalize(values: array[float]) -> array[float]:
-    """L2-normalised copy (a zero vector stays zero)."""
-    norm = math.sqrt(sum(v * v for v in values))
-    return array("f", (v / norm for v in values)) if norm else array("f", values)
+def from_pgvector_text(text: str) -> array[float]:
+    return array("f", (float(v) for v in text.strip("[]").split(",") if v))
 
 
 def to_pgvector_binary(value: array[float]) -> bytes:
@@ -60,7 +56,7 @@ class _VectorTextDumper(Dumper):
     oid: int = 0
 
     def dump(self, obj: array[float]) -> bytes:
-        return ("[" + ",".join(repr(float(v)) for v in obj) + "]").encode()
+        return to_pgvector_text(obj).encode()
 
 
 class _VectorBinaryLoader(Loader):
@@ -74,8 +70,7 @@ class _VectorTextLoader(Loader):
     format = Format.TEXT
 
     def load(self, data: Any) -> array[float]:
-        text = bytes(data).decode()
-        return array("f", (float(v) for v in text.strip("[]").split(",") if v))
+        return from_pgvector_text(bytes(data).decode())
 
 
 def register_vector_type(conn: psycopg.Connection[Any]) -> None:
