@@ -145,7 +145,8 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         else "oldest pending: -"
     )
     hour, chunks = status.get("processed_last_hour", 0), status.get("chunks", 0)
-    print(f"processed in the last hour: {hour}; chunks: {chunks}")
+    waiting = status.get("chunks_awaiting_index", 0)
+    print(f"processed in the last hour: {hour}; chunks: {chunks} ({waiting} awaiting the vector index)")
     for failure in status.get("recent_failures", []):
         print(f"failed {failure['id']} (attempt {failure['attempts']}): {failure['last_error']}")
     return 0
@@ -157,7 +158,7 @@ def process_all(settings: Settings, store: Any, item_id: uuid.UUID | None = None
     from shared.progress import progress_bar
 
     if item_id is not None:
-        return processor_from_settings(settings, store).process_ids([item_id], lease_s=900)
+        return processor_from_settings(settings, store).process_ids([item_id], 900)
     counts = store.status().get("counts", {})
     total = int(counts.get("pending", 0)) + int(counts.get("failed", 0)) + int(counts.get("processing", 0))
     with progress_bar("processing", total, disabled=quiet) as advance:

@@ -21,6 +21,7 @@ from typing import Any
 
 from shared.chunking import Chunk, split_text
 from shared.embeddings import Embedder, EmbeddingError
+from shared.errors import NexusError
 from shared.logs import get_logger
 from shared.store import ChunkRecord, ClaimedItem, CompletedItem, Store
 from shared.summaries import Summarizer, SummaryError
@@ -30,6 +31,10 @@ SWEEP_RESERVE_S = 5.0  # stop claiming when less than this is left
 MAX_CLAIM_ITEMS = 2000
 FIND_BATCH = 1000
 CHARS_PER_TOKEN = 4
+INDEX_BATCH_ROWS = 256  # rows moved into the vector index per transaction (row locks held meanwhile)
+INDEX_MIN_BATCH_ROWS = 16
+INDEX_RESERVE_S = 2.0  # indexing stops with at least this much of the invocation left
+INDEX_AFTER_ITEM_S = 3.0  # what a webhook, queue or CLI item trigger spends on indexing afterwards
 
 
 @dataclass
@@ -44,6 +49,7 @@ class ProcessingReport:
     reused_chunks: int = 0
     embedded_chunks: int = 0
     embedded_tokens: int = 0
+    indexed_chunks: int = 0
     done_ids: set[uuid.UUID] = field(default_factory=set)
     failed_ids: set[uuid.UUID] = field(default_factory=set)
 
@@ -57,6 +63,7 @@ class ProcessingReport:
             "reused_chunks",
             "embedded_chunks",
             "embedded_tokens",
+            "indexed_chunks",
         ):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.done_ids |= other.done_ids
@@ -72,6 +79,7 @@ class ProcessingReport:
             "reused_chunks": self.reused_chunks,
             "embedded_chunks": self.embedded_chunks,
             "embedded_tokens": self.embedded_tokens,
+            "indexed_chunks": self.indexed_chunks,
         }
 
 
@@ -131,13 +139,23 @@ class Processor:
 
     # -- entry points -------------------------------------------------------------------------
 
-    def process_ids(self, item_ids: Iterable[uuid.UUID], lease_s: float) -> ProcessingReport:
-        """Claim and process these items (those already done, gone, or leased elsewhere are skipped)."""
+    def process_ids(
+        self, item_ids: Iterable[uuid.UUID], remaining_s: Callable[[], float] | float
+    ) -> ProcessingReport:
+        """Claim and process these items (those already done, gone, or leased elsewhere are
+        skipped), then spend up to INDEX_AFTER_ITEM_S moving stored chunks into the vector index.
+        `remaining_s` is the invocation's time left (a number: that many seconds from now)."""
+        remaining = _remaining_fn(remaining_s)
         ids = list(dict.fromkeys(item_ids))
         if not ids:
             return ProcessingReport()
-        claimed = self.store.claim_items(self.worker, lease_s, len(ids), self.max_attempts, item_ids=ids)
-        return self.process_claimed(claimed)
+        claimed = self.store.claim_items(
+            self.worker, remaining() + LEASE_MARGIN_S, len(ids), self.max_attempts, item_ids=ids
+        )
+        report = self.process_claimed(claimed)
+        if report.done:
+            report.indexed_chunks += self.index_pending(remaining, budget_s=INDEX_AFTER_ITEM_S)
+        return report
 
     def sweep(self, remaining_s: Callable[[], float]) -> ProcessingReport:
         """Claim and process batches until nothing is left or the time is nearly up.
@@ -160,7 +178,35 @@ class Processor:
         if remaining_s() > SWEEP_RESERVE_S:
             # Folds a crash or a failed fold left behind (items stored, client summary not updated).
             self._fold_clients(set(self.store.clients_with_summary_backlog()))
+        report.indexed_chunks += self.index_pending(remaining_s)
         return report
+
+    def index_pending(self, remaining_s: Callable[[], float], budget_s: float | None = None) -> int:
+        """Move stored chunks into the vector index until none are waiting, `budget_s` is spent,
+        or INDEX_RESERVE_S of the invocation is left. Batches are sized from the measured time
+        per row so the last one ends in time. Search is exact for chunks not yet moved, so this
+        only keeps it fast; a failure is logged and left to the next run."""
+        started = time.monotonic()
+        indexed = 0
+        per_row_s: float | None = None
+        while True:
+            left = remaining_s() - INDEX_RESERVE_S
+            if budget_s is not None:
+                left = min(left, budget_s - (time.monotonic() - started))
+            rows = INDEX_BATCH_ROWS if per_row_s is None else min(INDEX_BATCH_ROWS, int(left / per_row_s))
+            if left <= 0 or rows < INDEX_MIN_BATCH_ROWS:
+                break
+            batch_started = time.monotonic()
+            try:
+                moved = self.store.index_chunks(rows)
+            except NexusError as exc:
+                self.logger.warning("chunks not moved into the vector index", extra={"error": str(exc)})
+                break
+            indexed += moved
+            if moved < rows:
+                break
+            per_row_s = max((time.monotonic() - batch_started) / moved, 1e-6)
+        return indexed
 
     # -- the pipeline -------------------------------------------------------------------------
 
@@ -363,6 +409,13 @@ class Processor:
                 self.logger.warning(
                     "client summary not updated", extra={"client_id": str(client_id), "error": str(exc)}
                 )
+
+
+def _remaining_fn(remaining_s: Callable[[], float] | float) -> Callable[[], float]:
+    if callable(remaining_s):
+        return remaining_s
+    deadline = time.monotonic() + float(remaining_s)
+    return lambda: deadline - time.monotonic()
 
 
 def _is_local(summarizer: Summarizer) -> bool:

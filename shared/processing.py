@@ -19,7 +19,6 @@ from shared.errors import ConfigError, NexusError
 from shared.events import EventError, item_to_process, parse_json
 from shared.logs import get_logger
 from shared.pipeline import (
-    LEASE_MARGIN_S,
     ProcessingReport,
     Processor,
     new_worker_id,
@@ -65,7 +64,7 @@ class ProcessService:
     def process_item(self, item_id: uuid.UUID, context: Any = None) -> ProcessingReport:
         """Process one item now (if it still needs it) within the invocation's time."""
         remaining = remaining_time(context)
-        return self._processor(context).process_ids([item_id], remaining() + LEASE_MARGIN_S)
+        return self._processor(context).process_ids([item_id], remaining)
 
     # -- the webhook (HTTP) ---------------------------------------------------------------------
 
@@ -125,7 +124,7 @@ class ProcessService:
         if by_item:
             try:
                 remaining = remaining_time(context)
-                report = self._processor(context).process_ids(list(by_item), remaining() + LEASE_MARGIN_S)
+                report = self._processor(context).process_ids(list(by_item), remaining)
                 failed_items = report.failed_ids
             except NexusError as exc:
                 get_logger().error("queue batch could not be processed", extra={"error": str(exc)})

@@ -187,6 +187,10 @@ class Store(Protocol):
         """Clients whose done items are not all folded into their summary yet."""
         ...
 
+    def index_chunks(self, max_rows: int) -> int:
+        """Move up to `max_rows` stored chunks into the vector index; returns how many moved."""
+        ...
+
     def search(self, embedding: array[float], k: int, client_id: uuid.UUID | None) -> list[SearchHit]:
         """The `k` chunks nearest to `embedding` (cosine), optionally for one client."""
         ...
@@ -396,6 +400,23 @@ class PostgresStore:
             ).fetchall()
         return [uuid.UUID(str(row["client_id"])) for row in rows]
 
+    def index_chunks(self, max_rows: int) -> int:
+        """HNSW inserts are CPU-bound in the server: a large batch is split over the writer
+        connections, so each uses its own backend (and core)."""
+        if max_rows < 2 * INDEX_SPLIT_MIN_ROWS or self.write_connections == 1:
+            return self._index_chunks(max_rows)
+        while len(self._writers) < self.write_connections - 1:
+            self._writers.append(PostgresStore(self.holder.sibling(), write_connections=1))
+        stores = [self, *self._writers[: self.write_connections - 1]]
+        share = -(-max_rows // len(stores))
+        with ThreadPoolExecutor(max_workers=len(stores)) as pool:
+            return sum(pool.map(lambda store: store._index_chunks(share), stores))
+
+    def _index_chunks(self, max_rows: int) -> int:
+        with self.holder.connection() as conn:
+            row = conn.execute("select public.index_pending_chunks(%s) as n", (max_rows,)).fetchone()
+        return int(row["n"]) if row else 0
+
     def search(self, embedding: array[float], k: int, client_id: uuid.UUID | None) -> list[SearchHit]:
         with self._vector_connection() as conn:
             rows = conn.execute(
@@ -405,6 +426,7 @@ class PostgresStore:
 
 
 PARALLEL_WRITE_MIN_CHUNKS = 200
+INDEX_SPLIT_MIN_ROWS = 32
 
 
 def _balanced_groups(completed: list[CompletedItem], count: int) -> list[list[CompletedItem]]:

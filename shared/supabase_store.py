@@ -215,6 +215,9 @@ class SupabaseStore:
             )
         )
 
+    def index_chunks(self, max_rows: int) -> int:
+        return int(self.rpc("index_pending_chunks", {"max_rows": max_rows}) or 0)
+
     def search(self, embedding: Any, k: int, client_id: uuid.UUID | None) -> list[SearchHit]:
         rows = self.rpc(
             "match_knowledge_chunks",

@@ -152,23 +152,22 @@ def functions() -> Iterator[Callable[[str], ModuleType]]:
     yield load
     for module in loaded:
         owner = getattr(module, "service", None) or getattr(module, "endpoint", None)
-        holder = getattr(getattr(getattr(owner, "processor", None), "store", None), "holder", None)
-        holder = holder or getattr(getattr(owner, "store", None), "holder", None)
-        if holder is not None:
-            holder.close()
+        store = getattr(getattr(owner, "processor", None), "store", None) or getattr(owner, "store", None)
+        if store is not None:
+            store.close()
 
 
 @pytest.fixture
 def stores(db_url: str) -> Iterator[Callable[[], PostgresStore]]:
-    holders: list[ConnectionHolder] = []
+    made: list[PostgresStore] = []
 
     def make() -> PostgresStore:
-        holders.append(ConnectionHolder(db_url))
-        return PostgresStore(holders[-1])
+        made.append(PostgresStore(ConnectionHolder(db_url)))
+        return made[-1]
 
     yield make
-    for holder in holders:
-        holder.close()
+    for store in made:
+        store.close()
 
 
 @pytest.fixture

@@ -145,9 +145,9 @@ def db(db_url: str) -> Iterator[psycopg.Connection[Any]]:
 @pytest.fixture
 def recovery(db_url: str) -> Iterator[Processor]:
     """The next invocation, in this process: a sweep with the same local providers."""
-    holder = ConnectionHolder(db_url)
-    yield Processor(PostgresStore(holder), LocalEmbedder(), LocalSummarizer(), batch_tokens=BATCH_TOKENS)
-    holder.close()
+    store = PostgresStore(ConnectionHolder(db_url))
+    yield Processor(store, LocalEmbedder(), LocalSummarizer(), batch_tokens=BATCH_TOKENS)
+    store.close()
 
 
 def new_client(db: psycopg.Connection[Any]) -> uuid.UUID:

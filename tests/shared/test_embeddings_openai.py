@@ -108,7 +108,7 @@ def test_forty_long_items_are_packed_into_at_most_three_requests(
     ids = insert_items(admin, client_id, contents)
     summarizer = OpenAISummarizer(API_KEY, base_url=server.base_url, retry=RetryPolicy(base_s=0.01))
     try:
-        report = Processor(store, make_embedder(), summarizer).process_ids(ids, lease_s=120)
+        report = Processor(store, make_embedder(), summarizer).process_ids(ids, 120)
     finally:
         summarizer.close()
 

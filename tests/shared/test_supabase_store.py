@@ -427,7 +427,7 @@ def test_processing_gives_the_same_result_on_both_backends(
 ) -> None:
     document = f"Client {client_id}.\n\n{PROCESS_DOC}"  # text no other test has embedded
     item_id = _new_item(admin, client_id, document)
-    report = _processor(backend).process_ids([item_id], lease_s=60)
+    report = _processor(backend).process_ids([item_id], 60)
     assert report.done_ids == {item_id} and report.chunks > 1
     # Chunks another test already embedded (same text, model, dimensions) are reused, not paid for.
     assert report.embedded_chunks >= 1 and report.embedded_chunks + report.reused_chunks == report.chunks
@@ -445,7 +445,7 @@ def test_processing_gives_the_same_result_on_both_backends(
 
     # The same text in another item reuses every stored vector: nothing is embedded again.
     twin = _new_item(admin, client_id, document)
-    again = _processor(backend).process_ids([twin], lease_s=60)
+    again = _processor(backend).process_ids([twin], 60)
     assert again.done_ids == {twin} and again.embedded_chunks == 0 and again.reused_chunks == report.chunks
 
     hits = backend.search(_processor(backend).embedder.embed(["quokka lidar dock 3"])[0], 3, client_id)

@@ -215,12 +215,11 @@ def crash_zygote() -> None:
             holder = ConnectionHolder(dsn, application_name=name)
             with holder.connection() as conn:
                 conn.execute("select 1")
-            processor = Processor(
-                PostgresStore(holder), LocalEmbedder(), summarizer, batch_tokens=batch_tokens
-            )
+            store = PostgresStore(holder)
+            processor = Processor(store, LocalEmbedder(), summarizer, batch_tokens=batch_tokens)
             print(f"started {name} {os.getpid()}", flush=True)
             report = processor.sweep(lambda: 120.0)
-            holder.close()
+            store.close()
             print(f"finished {name} {json.dumps(report.as_dict())}", flush=True)
             status = 0
         except BaseException as exc:
