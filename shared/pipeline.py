@@ -348,7 +348,7 @@ class Processor:
 
     def _completed(self, p: _Prepared, vectors: dict[str, Any], summary: str) -> CompletedItem:
         records = [
-            ChunkRecord(c.index, c.text, vectors[h], c.token_count, c.char_start, c.char_end)
+            ChunkRecord(c.index, c.text, vectors[h], c.token_count, c.char_start, c.char_end, h)
             for c, h in zip(p.chunks, p.hashes, strict=True)
         ]
         elapsed_ms = int((time.monotonic() - p.started) * 1000)

@@ -243,7 +243,7 @@ def test_rows_stored_before_the_migration_count_as_indexed(
                 "client_id) values (%s, 0, 'old', %s::vector, %s)",
                 (item, to_pgvector_text(random_vectors(1, seed=5)[0]), client_id),
             )
-            assert apply_migrations(conn) == [migration.name]
+            assert apply_migrations(conn)[0] == migration.name
             conn.execute(
                 "insert into knowledge_chunks (knowledge_item_id, chunk_index, content, embedding, "
                 "client_id) values (%s, 1, 'new', %s::vector, %s)",
