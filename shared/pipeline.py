@@ -15,12 +15,17 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from shared.chunking import Chunk, split_text
-from shared.embeddings import Embedder, EmbeddingError
+from shared.embeddings import (
+    MAX_INPUTS_PER_REQUEST,
+    MAX_TOKENS_PER_REQUEST,
+    Embedder,
+    EmbeddingError,
+)
 from shared.errors import NexusError
 from shared.logs import get_logger
 from shared.store import ChunkRecord, ClaimedItem, CompletedItem, Store
@@ -216,12 +221,17 @@ class Processor:
         report = ProcessingReport(claimed=len(items))
         if not items:
             return report
-        prepared = [self._chunk(item) for item in items]
-        # Summaries and embeddings are independent: summarise while the embedding requests fly.
-        with ThreadPoolExecutor(max_workers=1) as background:
-            summarizing = background.submit(self._summarize_all, prepared)
-            vectors, failures = self._embeddings(prepared, report)
-            outcomes = summarizing.result()
+        # Embedding requests go out while the rest of the claim is still being chunked, and
+        # summaries are made while the last requests fly: the stages overlap.
+        with _EmbeddingFeed(self, report) as feed:
+            prepared = []
+            for item in items:
+                prepared.append(self._chunk(item))
+                feed.add(prepared[-1])
+            with ThreadPoolExecutor(max_workers=1) as background:
+                summarizing = background.submit(self._summarize_all, prepared)
+                vectors, failures = self._embeddings(prepared, feed, report)
+                outcomes = summarizing.result()
         for p in prepared:
             if p.item.id in failures:
                 self._fail(p.item, failures[p.item.id], report)
@@ -242,26 +252,17 @@ class Processor:
         return _Prepared(item, chunks, [sha256_hex(c.text) for c in chunks], started)
 
     def _embeddings(
-        self, prepared: list[_Prepared], report: ProcessingReport
+        self, prepared: list[_Prepared], feed: _EmbeddingFeed, report: ProcessingReport
     ) -> tuple[dict[str, Any], dict[uuid.UUID, EmbeddingError]]:
         """Vectors by chunk hash (stored ones reused, the rest embedded once each), and the items
         that could not be embedded. A rejected packed request is retried item by item, so one
         poison item fails alone instead of taking its batch with it."""
-        texts: dict[str, tuple[str, int]] = {}
-        for p in prepared:
-            for chunk, digest in zip(p.chunks, p.hashes, strict=True):
-                texts.setdefault(digest, (chunk.text, chunk.token_count))
-        hashes = list(texts)
-        vectors: dict[str, Any] = {}
-        for start in range(0, len(hashes), FIND_BATCH):
-            vectors.update(
-                self.store.find_embeddings(
-                    hashes[start : start + FIND_BATCH], self.embedder.model, self.embedder.dimensions
-                )
-            )
-        missing = [h for h in hashes if h not in vectors]
-        report.reused_chunks += len(hashes) - len(missing)
+        vectors, error = feed.finish()
+        texts = feed.texts
+        missing = [h for h in texts if h not in vectors]
         try:
+            if error is not None:
+                raise error
             self._embed_into(vectors, missing, texts, report)
             return vectors, {}
         except EmbeddingError as exc:
@@ -409,6 +410,97 @@ class Processor:
                 self.logger.warning(
                     "client summary not updated", extra={"client_id": str(client_id), "error": str(exc)}
                 )
+
+
+class _EmbeddingFeed:
+    """Embedding requests sent while a claim is still being chunked.
+
+    Chunk hashes are looked up (stored embeddings are reused) in batches as items are chunked;
+    the texts still missing fill a request in order, with the same greedy packing as
+    `pack_requests`, and each full request goes out at once on a background thread (up to the
+    embedder's concurrency). So the request count is what packing the whole claim would give,
+    and the server works while the worker chunks. After a failed request nothing more is sent:
+    the texts left are the pipeline's to embed or fail (`Processor._embeddings`). A local
+    embedder (CPU-bound, in this process) gets no background requests: it runs at the end.
+    """
+
+    LOOKUP_BATCH = 256
+
+    def __init__(self, processor: Processor, report: ProcessingReport) -> None:
+        self.processor = processor
+        self.report = report
+        self.texts: dict[str, tuple[str, int]] = {}  # every distinct chunk hash: (text, tokens)
+        self.vectors: dict[str, Any] = {}
+        self.error: EmbeddingError | None = None
+        self._unlooked: list[str] = []
+        self._pack: list[str] = []
+        self._pack_tokens = 0
+        self._sent: list[tuple[list[str], Future[list[Any]]]] = []
+        embedder = processor.embedder
+        self._pool = (
+            None
+            if embedder.model.startswith("local")
+            else ThreadPoolExecutor(max_workers=max(1, getattr(embedder, "concurrency", 1)))
+        )
+
+    def __enter__(self) -> _EmbeddingFeed:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def add(self, prepared: _Prepared) -> None:
+        for chunk, digest in zip(prepared.chunks, prepared.hashes, strict=True):
+            if digest not in self.texts:
+                self.texts[digest] = (chunk.text, chunk.token_count)
+                self._unlooked.append(digest)
+        if len(self._unlooked) >= self.LOOKUP_BATCH:
+            self._look_up()
+
+    def finish(self) -> tuple[dict[str, Any], EmbeddingError | None]:
+        """Send what is left, wait for every request; the vectors known, and the first error."""
+        self._look_up()
+        if self._pack:
+            self._send()
+        for hashes, future in self._sent:
+            try:
+                vectors = future.result()
+            except EmbeddingError as exc:
+                self.error = self.error or exc
+                continue
+            self.vectors.update(zip(hashes, vectors, strict=True))
+            self.report.embedded_chunks += len(hashes)
+            self.report.embedded_tokens += sum(self.texts[h][1] for h in hashes)
+        self._sent = []
+        return self.vectors, self.error
+
+    def _look_up(self) -> None:
+        hashes, self._unlooked = self._unlooked, []
+        embedder = self.processor.embedder
+        for start in range(0, len(hashes), FIND_BATCH):
+            found = self.processor.store.find_embeddings(
+                hashes[start : start + FIND_BATCH], embedder.model, embedder.dimensions
+            )
+            self.vectors.update(found)
+            self.report.reused_chunks += len(found)
+        for digest in hashes:
+            if digest in self.vectors:
+                continue
+            tokens = self.texts[digest][1]
+            full = len(self._pack) >= MAX_INPUTS_PER_REQUEST
+            if self._pack and (full or self._pack_tokens + tokens > MAX_TOKENS_PER_REQUEST):
+                self._send()
+            self._pack.append(digest)
+            self._pack_tokens += tokens
+
+    def _send(self) -> None:
+        pack, self._pack, self._pack_tokens = self._pack, [], 0
+        if self._pool is None or any(f.done() and f.exception() for _, f in self._sent):
+            return  # embedded (or failed) by the pipeline afterwards
+        texts = [self.texts[h][0] for h in pack]
+        tokens = [self.texts[h][1] for h in pack]
+        self._sent.append((pack, self._pool.submit(self.processor.embedder.embed, texts, tokens)))
 
 
 def _remaining_fn(remaining_s: Callable[[], float] | float) -> Callable[[], float]:
