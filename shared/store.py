@@ -16,7 +16,7 @@ from array import array
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from psycopg.types.json import Jsonb
@@ -291,11 +291,51 @@ class PostgresStore:
         with self._vector_connection() as conn, conn.transaction():
             stored = self._finish(conn, worker, completed)
             if stored:
-                conn.execute(
-                    "delete from knowledge_chunks where knowledge_item_id = any(%s)", (list(stored),)
-                )
-                self._copy_chunks(conn, [c for c in completed if c.item.id in stored])
+                changed = self._drop_changed_chunks(conn, [c for c in completed if c.item.id in stored])
+                self._copy_chunks(conn, changed)
         return stored
+
+    @staticmethod
+    def _drop_changed_chunks(conn: Any, completed: list[CompletedItem]) -> list[CompletedItem]:
+        """Delete the stored chunks the new ones do not match; return the items with only their
+        chunks still to write. A stored row stays when its index, text hash, embedding model and
+        dimensions, token count and character span are all the same: reprocessing unchanged content
+        writes nothing, and an edit rewrites (and re-indexes) only the chunks from the edit on."""
+        known = [c.item.id for c in completed if c.item.processed_sha256 is not None]
+        stored: dict[tuple[uuid.UUID, int], tuple[Any, ...]] = {}
+        if known:
+            rows = conn.execute(
+                f"select knowledge_item_id, chunk_index, {', '.join(_CHUNK_IDENTITY)} "
+                "from knowledge_chunks where knowledge_item_id = any(%s)",
+                (known,),
+            ).fetchall()
+            for r in rows:
+                stored[(r["knowledge_item_id"], r["chunk_index"])] = tuple(r[k] for k in _CHUNK_IDENTITY)
+        kept: set[tuple[uuid.UUID, int]] = set()
+        changed: list[CompletedItem] = []
+        for c in completed:
+            chunks = []
+            for chunk in c.chunks:
+                key = (c.item.id, chunk.chunk_index)
+                digest = chunk.content_sha256 or hashlib.sha256(chunk.content.encode()).hexdigest()
+                same = (digest, c.model, c.dimensions, chunk.token_count, chunk.char_start, chunk.char_end)
+                if stored.get(key) == same:
+                    kept.add(key)
+                else:
+                    chunks.append(chunk)
+            if chunks:
+                changed.append(replace(c, chunks=chunks))
+        stale = [key for key in stored if key not in kept]
+        if stale:
+            conn.execute(
+                "delete from knowledge_chunks c using unnest(%s::uuid[], %s::integer[]) as s (item_id, idx) "
+                "where c.knowledge_item_id = s.item_id and c.chunk_index = s.idx",
+                ([k[0] for k in stale], [k[1] for k in stale]),
+            )
+        new = [c.item.id for c in completed if c.item.processed_sha256 is None]
+        if new:  # never processed: no chunks expected, but rows written by hand are replaced too
+            conn.execute("delete from knowledge_chunks where knowledge_item_id = any(%s)", (new,))
+        return changed
 
     @staticmethod
     def _finish(conn: Any, worker: str, completed: list[CompletedItem]) -> set[uuid.UUID]:
@@ -417,6 +457,15 @@ class PostgresStore:
 
 
 PARALLEL_WRITE_MIN_CHUNKS = 200
+# What must match for a stored chunk row to stay when its item is processed again.
+_CHUNK_IDENTITY = (
+    "content_sha256",
+    "embedding_model",
+    "embedding_dimensions",
+    "token_count",
+    "char_start",
+    "char_end",
+)
 INDEX_SPLIT_MIN_ROWS = 32
 
 

@@ -25,6 +25,7 @@ from shared.store import IngestOutcome, PostgresStore, Store
 from shared.supabase_store import SupabaseError, SupabaseStore
 from tests.conftest import API_KEY, count_items, load_event, load_function
 from tests.support.postgrest import PostgrestStandIn
+from tests.support.process_helpers import assert_exact_chunk_set
 
 JWT_SECRET = "stand-in-jwt-secret-with-at-least-32-characters"
 # Supabase's legacy service key is a JWT with role service_role; the new ones are `sb_secret_…`.
@@ -469,3 +470,42 @@ def test_failure_is_recorded_the_same_way_on_both_backends(
     (again,) = backend.claim_items("w2", 60, 10, 3, item_ids=[item_id])
     assert again.attempts == claimed.attempts + 1
     assert backend.release_items([item_id], "w2") == 1
+
+
+def _chunk_rows(admin: psycopg.Connection[Any], item_id: uuid.UUID) -> dict[int, tuple[str, bool]]:
+    rows = admin.execute(
+        "select chunk_index, id, vector_indexed from knowledge_chunks where knowledge_item_id = %s",
+        (item_id,),
+    ).fetchall()
+    return {r["chunk_index"]: (str(r["id"]), r["vector_indexed"]) for r in rows}
+
+
+def test_processing_again_rewrites_only_the_chunks_that_changed(
+    backend: Store, admin: psycopg.Connection[Any], client_id: uuid.UUID
+) -> None:
+    line = "Section {i} for {client}: the quokka fleet logs dock {i} wear nightly. "
+    parts = [line.format(i=i, client=client_id) * 25 for i in range(6)]
+    item_id = _new_item(admin, client_id, "\n\n".join(parts))
+    first = _processor(backend).process_ids([item_id], 60)
+    assert first.done_ids == {item_id} and first.chunks >= 6
+    where_item = "where knowledge_item_id = %s"
+    admin.execute(f"update knowledge_chunks set vector_indexed = true {where_item}", (item_id,))
+    before = _chunk_rows(admin, item_id)
+
+    # Processed again with nothing changed: every row stays as it is, still in the vector index.
+    admin.execute("update knowledge_items set status = 'pending' where id = %s", (item_id,))
+    again = _processor(backend).process_ids([item_id], 60)
+    assert again.done_ids == {item_id} and again.embedded_chunks == 0
+    assert _chunk_rows(admin, item_id) == before
+
+    # A late section edited: the chunks before the edit are the same rows as before (the ones
+    # after it moved in the text, so their character spans are rewritten with them).
+    parts[4] = parts[4].replace("wear", "corrosion")
+    admin.execute("update knowledge_items set content = %s where id = %s", ("\n\n".join(parts), item_id))
+    edited = _processor(backend).process_ids([item_id], 60)
+    assert edited.done_ids == {item_id}
+    after = _chunk_rows(admin, item_id)
+    assert set(after) == set(before)
+    changed = sorted(index for index in after if after[index] != before[index])
+    assert changed and changed == list(range(changed[0], len(after))) and changed[0] >= len(after) / 2
+    assert_exact_chunk_set(admin, item_id)
