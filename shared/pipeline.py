@@ -514,19 +514,19 @@ def _is_local(summarizer: Summarizer) -> bool:
     return summarizer.model.startswith("local")
 
 
-MAX_FOLD_ROUNDS = 40  # x 50 items a round: a whole large batch folds in one run
+MAX_FOLD_ROUNDS = 40  # x the summariser's fold_batch items a round: a large batch folds in one run
 
 
 def fold_client_summary(
     store: Store, summarizer: Summarizer, client_id: uuid.UUID, attempts: int = 3
 ) -> bool:
-    """Fold the client's not-yet-folded item summaries into its summary, 50 at a time until none
+    """Fold the client's not-yet-folded item summaries into its summary, `fold_batch` at a time until none
     are left. Optimistic: a round that loses a race is redone from the newer summary (at most
     `attempts` losses). Returns whether anything was saved."""
     saved = False
     losses = 0
     for _ in range(MAX_FOLD_ROUNDS):
-        backlog = store.client_summary_backlog(client_id)
+        backlog = store.client_summary_backlog(client_id, getattr(summarizer, "fold_batch", 50))
         items = backlog.get("items") or []
         if not items:
             break

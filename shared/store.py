@@ -177,8 +177,9 @@ class Store(Protocol):
         """The client's current summary, if it has one."""
         ...
 
-    def client_summary_backlog(self, client_id: uuid.UUID) -> dict[str, Any]:
-        """{"summary", "version", "items": [{"id", "summary"}]} still to fold for a client."""
+    def client_summary_backlog(self, client_id: uuid.UUID, max_items: int = 50) -> dict[str, Any]:
+        """{"summary", "version", "items": [{"id", "summary"}]} still to fold for a client, at most
+        `max_items` items (oldest first)."""
         ...
 
     def save_client_summary(
@@ -409,9 +410,11 @@ class PostgresStore:
         backlog = self.client_summary_backlog(client_id)
         return backlog.get("summary") or None
 
-    def client_summary_backlog(self, client_id: uuid.UUID) -> dict[str, Any]:
+    def client_summary_backlog(self, client_id: uuid.UUID, max_items: int = 50) -> dict[str, Any]:
         with self.holder.connection() as conn:
-            row = conn.execute("select public.client_summary_backlog(%s) as backlog", (client_id,)).fetchone()
+            row = conn.execute(
+                "select public.client_summary_backlog(%s, %s) as backlog", (client_id, max_items)
+            ).fetchone()
         return dict(row["backlog"]) if row else {"summary": "", "version": 0, "items": []}
 
     def save_client_summary(

@@ -37,6 +37,7 @@ class SummaryError(NexusError):
 
 class Summarizer(Protocol):
     model: str
+    fold_batch: int  # item summaries folded into the client summary per call
 
     def summarize_item(self, chunks: Sequence[str], source: str = "") -> str:
         """A short summary of one item given its chunks in order."""
@@ -99,6 +100,7 @@ class LocalSummarizer:
     """Extractive, offline, deterministic."""
 
     model = "local-extractive-v1"
+    fold_batch = 1000  # no prompt to fit: a large backlog folds in one pass
 
     def summarize_item(self, chunks: Sequence[str], source: str = "") -> str:
         return extract_summary("".join(chunks))
@@ -121,6 +123,7 @@ class OpenAISummarizer:
         import httpx
 
         self.model = model
+        self.fold_batch = 50  # keeps each fold prompt well inside the model's context
         self.retry = retry or RetryPolicy()
         self._api_key = api_key  # only to mask it out of upstream error messages
         self._client = httpx.Client(

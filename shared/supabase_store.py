@@ -192,8 +192,8 @@ class SupabaseStore:
     def client_summary(self, client_id: uuid.UUID) -> str | None:
         return self.client_summary_backlog(client_id).get("summary") or None
 
-    def client_summary_backlog(self, client_id: uuid.UUID) -> dict[str, Any]:
-        return dict(self.rpc("client_summary_backlog", {"client": str(client_id)}))
+    def client_summary_backlog(self, client_id: uuid.UUID, max_items: int = 50) -> dict[str, Any]:
+        return dict(self.rpc("client_summary_backlog", {"client": str(client_id), "max_items": max_items}))
 
     def clients_with_summary_backlog(self, max_clients: int = 100) -> list[uuid.UUID]:
         rows = self.rpc("clients_with_summary_backlog", {"max_clients": max_clients}) or []
