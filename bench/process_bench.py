@@ -75,7 +75,6 @@ AIM_OVER_BEST_REFERENCE = 3.0
 PHASES = (
     "claim",
     "chunk",
-    "find_embeddings",
     "embed",
     "summaries",
     "complete",
@@ -128,13 +127,31 @@ class PhaseTimer:
 
     def instrument(self, processor: Any, store: Any) -> None:
         """Time the pipeline's steps; instance attributes shadow the methods they wrap."""
-        processor._chunk = self.wrap("chunk", processor._chunk)
+        processor._chunk = self.wrap("chunk.threads", processor._chunk)
         processor._summaries = self.wrap("summaries", processor._summaries)
         processor._fold_clients = self.wrap("fold_client", processor._fold_clients)
         processor._record_completion = self.wrap("record", processor._record_completion)
-        processor.embedder.embed = self.wrap("embed", processor.embedder.embed)
-        store.claim_items = self.wrap("claim", store.claim_items)
-        store.find_embeddings = self.wrap("find_embeddings", store.find_embeddings)
+        processor.embedder.embed = self.wrap("embed.requests", processor.embedder.embed)
+        # The chunk stage (chunking threads feeding the embedding requests, lookups included) is
+        # timed from the end of each claim to the start of the wait for the last embeddings.
+        claim_items = self.wrap("claim", store.claim_items)
+        embeddings = self.wrap("embed", processor._embeddings)
+        claimed_at: list[float] = []
+
+        def claim(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return claim_items(*args, **kwargs)
+            finally:
+                claimed_at.append(time.perf_counter())
+
+        def wait_for_embeddings(*args: Any, **kwargs: Any) -> Any:
+            stage = time.perf_counter() - claimed_at[-1]
+            self.seconds["chunk"] = self.seconds.get("chunk", 0.0) + stage
+            return embeddings(*args, **kwargs)
+
+        processor._embeddings = wait_for_embeddings
+        store.claim_items = claim
+        store.find_embeddings = self.wrap("chunk.lookups", store.find_embeddings)
         store.complete_items = self.wrap("complete", store.complete_items)
         store._finish = self.wrap("complete.finish", store._finish)
         store._copy_chunks = self.wrap("complete.copy", store._copy_chunks)
@@ -922,9 +939,11 @@ def markdown_table(results: dict[str, Any]) -> str:
 
 PHASE_LABELS = {
     "claim": "claim the batch (lease)",
-    "chunk": "chunk (cl100k split, sha256 per chunk)",
-    "find_embeddings": "look up stored embeddings by text hash",
-    "embed": "embed: packed requests in flight (80 ms each + server time), decode",
+    "chunk": "chunk stage: cl100k split and sha256 in 2 threads; lookups and requests start meanwhile",
+    "chunk.threads": "· chunking, summed over the threads",
+    "chunk.lookups": "· look up stored embeddings by text hash (during the chunk stage)",
+    "embed": "wait for the embedding requests still in flight, then decode",
+    "embed.requests": "· each request from send to decoded answer, summed (they overlap chunking)",
     "summaries": "item summaries",
     "complete": "store: one transaction",
     "complete.finish": "· mark items done",
