@@ -525,6 +525,20 @@ def ingest_corpus(dsn: str, documents: list[Document]) -> tuple[str, float]:
     return str(client_id), elapsed
 
 
+def settle(dsn: str) -> None:
+    """Flush what earlier runs left dirty (an HNSW build writes hundreds of MB), so a timed run does
+    not pay for the one before it. Needs superuser (the embedded server); skipped otherwise."""
+    import psycopg
+
+    from shared.database import connect
+
+    try:
+        with connect(dsn) as conn:
+            conn.execute("checkpoint")
+    except psycopg.Error:
+        pass
+
+
 def run_worker(mode: str, options: list[str]) -> dict[str, Any]:
     """Run this file as a worker subprocess and read its JSON; its log lines are paid for, then dropped."""
     with tempfile.TemporaryDirectory(prefix="nexus-process-bench-") as tmp:
@@ -550,6 +564,7 @@ def measured_sweep(
     dsn: str, server: OpenAIProcess, summaries: str = "local", profile: bool = False
 ) -> dict[str, Any]:
     """One sweep in a worker subprocess, with the server's own counts for the same span."""
+    settle(dsn)
     server.reset()
     cpu_before = server.cpu_s()
     options = ["--dsn", dsn, "--base-url", server.base_url, "--summaries", summaries]
@@ -652,6 +667,7 @@ def run_naive(
 ) -> dict[str, Any]:
     dsn = databases.fresh("naive")
     client_id, _ = ingest_corpus(dsn, documents[: max(1, chunks)])
+    settle(dsn)
     server.reset()
     result = run_worker("naive", ["--dsn", dsn, "--base-url", server.base_url, "--client-id", client_id,
                                   "--chunks", str(chunks)])  # fmt: skip
@@ -730,6 +746,7 @@ def measure_chunk_writes(
                 records.append(ChunkRecord(index, text, vector, 350, 0, len(text)))
             written += len(records)
             completed.append(CompletedItem(item, records, "summary", EMBEDDING_MODEL, DIMENSIONS, 0))
+        settle(dsn)
         copy_before = timer.seconds.get("copy", 0.0)
         started = time.perf_counter()
         stored = store.complete_items(worker, completed)

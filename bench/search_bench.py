@@ -64,7 +64,7 @@ TARGETS = {"p50_ms": 10.0, "recall_at_10": 0.95, "size": 100_000}
 INDEX = "knowledge_chunks_embedding_hnsw_half"
 CREATE_INDEX = (
     f"create index {INDEX} on public.knowledge_chunks "
-    "using hnsw ((embedding::halfvec(1536)) halfvec_cosine_ops)"
+    "using hnsw ((embedding::halfvec(1536)) halfvec_cosine_ops) where vector_indexed"
 )
 SEARCH = "select * from match_knowledge_chunks(%s, 10, %s)"
 EXACT = "select chunk_index from knowledge_chunks order by embedding <=> %s limit 10"
@@ -166,8 +166,10 @@ def exact_top_k(rows: np.ndarray, queries: np.ndarray, mask: np.ndarray | None =
 # --- database ------------------------------------------------------------------------------------
 
 
-def load(conn: psycopg.Connection[Any], data: Dataset) -> tuple[list[str], float]:
-    """Replace all chunks with `data.rows` (chunk_index = row number; client = row % 10)."""
+def load(conn: psycopg.Connection[Any], data: Dataset, waiting: int = 0) -> tuple[list[str], float]:
+    """Replace all chunks with `data.rows` (chunk_index = row number; client = row % 10). The last
+    `waiting` rows are stored as the pipeline leaves them, outside the HNSW graph
+    (`vector_indexed` false, searched exactly); the rest as the indexer leaves them."""
     conn.execute("truncate clients cascade")
     clients = [uuid.uuid4() for _ in range(CLIENTS)]
     items = [uuid.uuid4() for _ in range(CLIENTS)]
@@ -181,15 +183,28 @@ def load(conn: psycopg.Connection[Any], data: Dataset) -> tuple[list[str], float
     started = time.perf_counter()
     copy_sql = (
         "copy knowledge_chunks (knowledge_item_id, client_id, chunk_index, content, embedding, "
-        "token_count, embedding_model, embedding_dimensions) from stdin (format binary)"
+        "token_count, embedding_model, embedding_dimensions, vector_indexed) from stdin (format binary)"
     )
+    first_waiting = len(data.rows) - waiting
     with conn.cursor() as cur, cur.copy(copy_sql) as copy:
-        copy.set_types(["uuid", "uuid", "int4", "text", "vector", "int4", "text", "int4"])
+        copy.set_types(["uuid", "uuid", "int4", "text", "vector", "int4", "text", "int4", "bool"])
         for number, row in enumerate(data.rows):
             owner = number % CLIENTS
             content = data.contents[number] if data.contents else f"synthetic chunk {number}"
             vector = array("f", row.tobytes())
-            copy.write_row((items[owner], clients[owner], number, content, vector, 8, "bench", DIMENSIONS))
+            indexed = number < first_waiting
+            row_values = (
+                items[owner],
+                clients[owner],
+                number,
+                content,
+                vector,
+                8,
+                "bench",
+                DIMENSIONS,
+                indexed,
+            )
+            copy.write_row(row_values)
     conn.execute("vacuum analyze knowledge_chunks")
     return clients, time.perf_counter() - started
 
@@ -242,9 +257,14 @@ def search(
 
 
 def measure(
-    conn: psycopg.Connection[Any], data: Dataset, exact_queries: int, as_is_queries: int, filtered: bool
+    conn: psycopg.Connection[Any],
+    data: Dataset,
+    exact_queries: int,
+    as_is_queries: int,
+    filtered: bool,
+    waiting: int = 0,
 ) -> Result:
-    clients, load_s = load(conn, data)
+    clients, load_s = load(conn, data, waiting)
     build_s = build_index(conn)
     queries = [array("f", q.tobytes()) for q in data.queries]
     truth = exact_top_k(data.rows, data.queries)
@@ -396,6 +416,9 @@ def main() -> None:
         "--as-is-queries", type=int, default=50, help="searches timed with the shipped (cached generic) plan"
     )
     parser.add_argument("--no-filtered", action="store_true")
+    parser.add_argument(
+        "--waiting", type=int, default=0, help="rows left outside the HNSW graph (searched exactly)"
+    )
     parser.add_argument("--seed", type=int, default=5)
     args = parser.parse_args()
 
@@ -417,7 +440,11 @@ def main() -> None:
         for make in datasets:
             data = make()
             print(f"{data.label}: loading {len(data.rows)} rows", flush=True)
-            result = measure(conn, data, args.exact_queries, args.as_is_queries, not args.no_filtered)
+            if args.waiting:
+                data.label += f", {args.waiting:,} awaiting the index"
+            result = measure(
+                conn, data, args.exact_queries, args.as_is_queries, not args.no_filtered, args.waiting
+            )
             results.append(result)
             print(json.dumps(asdict(result)), flush=True)
             meta["machine"]["load_avg"] = os.getloadavg()
