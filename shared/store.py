@@ -340,32 +340,25 @@ class PostgresStore:
 
     @staticmethod
     def _finish(conn: Any, worker: str, completed: list[CompletedItem]) -> set[uuid.UUID]:
-        params = [
-            (
-                c.item.id,
-                worker,
-                c.item.content_sha256,
-                c.summary,
-                c.model,
-                c.dimensions,
-                len(c.chunks),
-                c.token_count,
-                c.elapsed_ms,
-            )
-            for c in completed
-        ]
+        """Mark the items done (those this worker still holds, content unchanged) in one call."""
         stored: set[uuid.UUID] = set()
-        with conn.cursor() as cursor:
-            cursor.executemany(
-                "select public.finish_knowledge_item(%s, %s, %s, %s, %s, %s, %s, %s, %s) as ok",
-                params,
-                returning=True,
-            )
-            for c in completed:
-                row = cursor.fetchone()
-                if row and row["ok"]:
-                    stored.add(c.item.id)
-                cursor.nextset()
+        for model, dimensions in {(c.model, c.dimensions) for c in completed}:
+            batch = [c for c in completed if (c.model, c.dimensions) == (model, dimensions)]
+            rows = conn.execute(
+                "select item_id from public.finish_knowledge_items(%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                (
+                    worker,
+                    [c.item.id for c in batch],
+                    [c.item.content_sha256 for c in batch],
+                    [c.summary for c in batch],
+                    model,
+                    dimensions,
+                    [len(c.chunks) for c in batch],
+                    [c.token_count for c in batch],
+                    [c.elapsed_ms for c in batch],
+                ),
+            ).fetchall()
+            stored |= {uuid.UUID(str(row["item_id"])) for row in rows}
         return stored
 
     @staticmethod
