@@ -293,6 +293,38 @@ def test_insufficient_quota_fails_the_batch_with_one_request_and_keeps_old_chunk
     assert kept == old_chunks
 
 
+def test_a_failed_request_keeps_what_the_claims_other_requests_embedded(
+    admin: psycopg.Connection[Any],
+    client_id: uuid.UUID,
+    store: PostgresStore,
+    server: OpenAIServer,
+    make_embedder: EmbedderFactory,
+) -> None:
+    # 2,100 one-chunk items need two requests (2,048 inputs at most each, the first sent while the
+    # rest is still being chunked); one of them runs out of quota. The items the other request
+    # embedded are stored; only the rest fail, with no retry and no item-by-item fallback.
+    tag = uuid.uuid4().hex[:8]
+    notes = [f"Note {n} of batch {tag}: the dock log is fine." for n in range(2100)]
+    ids = insert_items(admin, client_id, notes)
+    server.enqueue_faults(
+        [
+            {"endpoint": "embeddings", "delay_s": 0},
+            {"endpoint": "embeddings", "status": 429, "code": "insufficient_quota"},
+        ]
+    )
+    work = processor(store, make_embedder(), max_attempts=5)
+
+    report = work.process_claimed(store.claim_items(work.worker, 120, len(ids), 5, item_ids=ids))
+
+    assert server.stats.embedding_attempts == 2
+    # Which request the server takes first (so which one gets the fault) is a race.
+    assert sorted([report.done, report.failed]) == [52, 2048]
+    states = item_states(admin, ids)
+    assert sum(1 for s in states.values() if s["status"] == "done") == report.done
+    failed = [s for s in states.values() if s["status"] == "failed"]
+    assert len(failed) == report.failed and all("insufficient_quota" in s["last_error"] for s in failed)
+
+
 def test_bad_request_is_not_retried(
     admin: psycopg.Connection[Any],
     client_id: uuid.UUID,
