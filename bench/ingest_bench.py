@@ -22,7 +22,6 @@ import json
 import os
 import platform
 import random
-import resource
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from rss import peak_rss_mb, ru_maxrss_mb  # bench/ is the script directory, so on sys.path
 
 ROOT = Path(__file__).resolve().parent.parent
 INGEST_MAIN = ROOT / "functions" / "ingest" / "main.py"
@@ -135,27 +136,6 @@ def make_event(template: dict[str, Any], client_id: str, kind: str, index: int) 
 
 
 # --- the worker subprocess: import the handler, warm up, measure ---------------------------------
-
-
-def peak_rss_mb() -> float:
-    """This process's peak RSS in MiB: `VmHWM` from /proc/self/status on Linux, else ru_maxrss.
-
-    On Linux `ru_maxrss` is not this image's own peak: exec keeps the high-water mark of the
-    image it replaced, so a child of a large parent (this bench's parent holds psycopg and the
-    embedded server's wrapper) would report the parent's RSS. VmHWM belongs to the new image.
-    """
-    status = Path("/proc/self/status")
-    if status.exists():
-        for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return ru_maxrss_mb()
-
-
-def ru_maxrss_mb() -> float:
-    """`getrusage(RUSAGE_SELF).ru_maxrss` in MiB (KiB on Linux, bytes on macOS)."""
-    scale = 1024 * 1024 if sys.platform == "darwin" else 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
 
 
 def _load_handler() -> Any:

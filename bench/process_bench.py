@@ -53,6 +53,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rss import peak_rss_mb, ru_maxrss_mb  # bench/ is the script directory, so on sys.path
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "process.json"
 MARKDOWN = ROOT / "bench" / "process.md"
@@ -87,26 +89,6 @@ PHASES = (
 
 
 # --- measuring inside a worker -------------------------------------------------------------------
-
-
-def peak_rss_mb() -> float:
-    """This process's peak RSS in MiB: `VmHWM` from /proc/self/status on Linux, else ru_maxrss.
-
-    On Linux `ru_maxrss` survives exec, so a child of a big parent could report the parent's
-    peak; VmHWM belongs to the new image alone.
-    """
-    status = Path("/proc/self/status")
-    if status.exists():
-        for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return ru_maxrss_mb()
-
-
-def ru_maxrss_mb() -> float:
-    """`getrusage(RUSAGE_SELF).ru_maxrss` in MiB (KiB on Linux, bytes on macOS)."""
-    scale = 1024 * 1024 if sys.platform == "darwin" else 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
 
 
 class PhaseTimer:

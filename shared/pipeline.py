@@ -441,7 +441,7 @@ class _EmbeddingFeed:
         embedder = processor.embedder
         self._pool = (
             None
-            if embedder.model.startswith("local")
+            if _is_local(embedder)
             else ThreadPoolExecutor(max_workers=max(1, getattr(embedder, "concurrency", 1)))
         )
 
@@ -512,8 +512,9 @@ def _remaining_fn(remaining_s: Callable[[], float] | float) -> Callable[[], floa
     return lambda: deadline - time.monotonic()
 
 
-def _is_local(summarizer: Summarizer) -> bool:
-    return summarizer.model.startswith("local")
+def _is_local(provider: Embedder | Summarizer) -> bool:
+    """The offline providers: CPU-bound in this process, so threads would not speed them up."""
+    return provider.model.startswith("local")
 
 
 MAX_FOLD_ROUNDS = 40  # x the summariser's fold_batch items a round: a large batch folds in one run

@@ -81,7 +81,11 @@ class ChunkRecord:
     token_count: int
     char_start: int
     char_end: int
-    content_sha256: str = ""  # sha256 hex of content; computed when storing if empty
+    content_sha256: str = ""  # sha256 hex of content; computed here when not given
+
+    def __post_init__(self) -> None:
+        if not self.content_sha256:
+            object.__setattr__(self, "content_sha256", hashlib.sha256(self.content.encode()).hexdigest())
 
 
 @dataclass(frozen=True)
@@ -272,14 +276,18 @@ class PostgresStore:
             ).fetchall()
         return {row["content_sha256"]: row["embedding"] for row in rows}
 
+    def _connections(self, count: int) -> list[PostgresStore]:
+        """This store and count - 1 siblings on connections of their own (opened once, reused)."""
+        while len(self._writers) < count - 1:
+            self._writers.append(PostgresStore(self.holder.sibling(), write_connections=1))
+        return [self, *self._writers[: count - 1]]
+
     def complete_items(self, worker: str, completed: list[CompletedItem]) -> set[uuid.UUID]:
         total_chunks = sum(len(c.chunks) for c in completed)
         if self.write_connections == 1 or len(completed) < 2 or total_chunks < PARALLEL_WRITE_MIN_CHUNKS:
             return self._complete(worker, completed)
         groups = _balanced_groups(completed, self.write_connections)
-        while len(self._writers) < len(groups) - 1:
-            self._writers.append(PostgresStore(self.holder.sibling(), write_connections=1))
-        stores = [self, *self._writers]
+        stores = self._connections(len(groups))
         with ThreadPoolExecutor(max_workers=len(groups)) as pool:
             results = pool.map(
                 lambda pair: pair[0]._complete(worker, pair[1]), zip(stores, groups, strict=False)
@@ -318,8 +326,14 @@ class PostgresStore:
             chunks = []
             for chunk in c.chunks:
                 key = (c.item.id, chunk.chunk_index)
-                digest = chunk.content_sha256 or hashlib.sha256(chunk.content.encode()).hexdigest()
-                same = (digest, c.model, c.dimensions, chunk.token_count, chunk.char_start, chunk.char_end)
+                same = (
+                    chunk.content_sha256,
+                    c.model,
+                    c.dimensions,
+                    chunk.token_count,
+                    chunk.char_start,
+                    chunk.char_end,
+                )
                 if stored.get(key) == same:
                     kept.add(key)
                 else:
@@ -432,9 +446,7 @@ class PostgresStore:
         connections, so each uses its own backend (and core)."""
         if max_rows < 2 * INDEX_SPLIT_MIN_ROWS or self.write_connections == 1:
             return self._index_chunks(max_rows)
-        while len(self._writers) < self.write_connections - 1:
-            self._writers.append(PostgresStore(self.holder.sibling(), write_connections=1))
-        stores = [self, *self._writers[: self.write_connections - 1]]
+        stores = self._connections(self.write_connections)
         share = -(-max_rows // len(stores))
         with ThreadPoolExecutor(max_workers=len(stores)) as pool:
             return sum(pool.map(lambda store: store._index_chunks(share), stores))
@@ -495,7 +507,7 @@ def copy_rows_binary(completed: list[CompletedItem]) -> Iterator[bytes]:
             block += vector.tobytes()
             block += _CLIENT_TOKENS.pack(16, client_id, 4, chunk.token_count, len(model))
             block += model
-            digest = (chunk.content_sha256 or hashlib.sha256(text).hexdigest()).encode()
+            digest = chunk.content_sha256.encode()
             block += _ROW_TAIL.pack(4, c.dimensions, 4, chunk.char_start, 4, chunk.char_end, len(digest))
             block += digest
             if len(block) >= COPY_BLOCK_BYTES:

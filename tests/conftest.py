@@ -87,6 +87,37 @@ def store(pg_url: str) -> Iterator[PostgresStore]:
 
 
 @pytest.fixture
+def db_url(pg_url: str) -> Iterator[str]:
+    """A fresh, migrated database of the test's own, for tests that sweep or count globally (the
+    session database holds other tests' pending items and chunks)."""
+    from tests.support.process_helpers import isolated_database
+
+    with isolated_database(pg_url) as url:
+        yield url
+
+
+@pytest.fixture
+def db(db_url: str) -> Iterator[psycopg.Connection[Any]]:
+    with psycopg.connect(db_url, autocommit=True, row_factory=dict_row) as conn:
+        yield conn
+
+
+@pytest.fixture
+def db_client(db: psycopg.Connection[Any]) -> uuid.UUID:
+    """A client in the test's own database."""
+    new_id = uuid.uuid4()
+    db.execute("insert into clients (id) values (%s)", (new_id,))
+    return new_id
+
+
+@pytest.fixture
+def db_store(db_url: str) -> Iterator[PostgresStore]:
+    store = PostgresStore(ConnectionHolder(db_url))
+    yield store
+    store.close()
+
+
+@pytest.fixture
 def function_env(monkeypatch: pytest.MonkeyPatch, pg_url: str) -> Iterator[pytest.MonkeyPatch]:
     """The environment a deployed function sees; settings are re-read for each test."""
     for name in list(os.environ):

@@ -25,7 +25,6 @@ from typing import Any, Self
 import psycopg
 import pytest
 from cloudevents.http import CloudEvent
-from psycopg.rows import dict_row
 
 from shared.chunking import split_text
 from shared.config import load_settings, reset_settings
@@ -42,7 +41,6 @@ from tests.support.process_helpers import (
     document,
     function_url_event,
     insert_items,
-    isolated_database,
     item_states,
     new_context,
     paragraph,
@@ -105,25 +103,6 @@ def server(running_server: PoisonOpenAIServer) -> PoisonOpenAIServer:
     running_server.latency_ms = 0
     running_server.poison_status = 400
     return running_server
-
-
-@pytest.fixture
-def db_url(pg_url: str) -> Iterator[str]:
-    with isolated_database(pg_url) as url:
-        yield url
-
-
-@pytest.fixture
-def db(db_url: str) -> Iterator[psycopg.Connection[Any]]:
-    with psycopg.connect(db_url, autocommit=True, row_factory=dict_row) as conn:
-        yield conn
-
-
-@pytest.fixture
-def client(db: psycopg.Connection[Any]) -> uuid.UUID:
-    client_id = uuid.uuid4()
-    db.execute("insert into clients (id) values (%s)", (client_id,))
-    return client_id
 
 
 @pytest.fixture
@@ -251,15 +230,15 @@ def item_tokens(db: psycopg.Connection[Any], item_id: uuid.UUID) -> tuple[int, i
 def test_same_webhook_delivered_five_times_concurrently(
     env: pytest.MonkeyPatch,
     db: psycopg.Connection[Any],
-    client: uuid.UUID,
+    db_client: uuid.UUID,
     server: PoisonOpenAIServer,
     functions: Callable[[str], ModuleType],
 ) -> None:
     content = document(random.Random(5), 4, 130, uuid.uuid4().hex)
-    (item_id,) = insert_items(db, client, [content])
+    (item_id,) = insert_items(db, db_client, [content])
     server.latency_ms = 100  # the first delivery is still embedding when the others arrive
     sandboxes = [functions("process") for _ in range(5)]
-    event = webhook_event(item_id, client, content)
+    event = webhook_event(item_id, db_client, content)
 
     results = run_together(
         [partial(in_own_loop, partial(m.handler, event, new_context())) for m in sandboxes]
@@ -271,7 +250,7 @@ def test_same_webhook_delivered_five_times_concurrently(
     assert chunks == 4 and assert_exact_chunk_set(db, item_id) == 4
     stats = server.stats
     assert (stats.embedding_requests, stats.embedding_inputs, stats.embedding_tokens) == (1, chunks, tokens)
-    summary = client_summary(db, client)
+    summary = client_summary(db, db_client)
     assert summary is not None and (summary["item_count"], summary["version"]) == (1, 1)
 
     # Later redeliveries find the item done: no work, no request, no second summary update.
@@ -279,21 +258,21 @@ def test_same_webhook_delivered_five_times_concurrently(
     later = [invoke(m, event) for m in sandboxes]
     assert {http_body(r)["status"] for r in later} == {"skipped"}
     assert server.stats.embedding_attempts == 0
-    assert client_summary(db, client) == summary
+    assert client_summary(db, db_client) == summary
 
 
 def test_every_trigger_at_once_for_one_item(
     env: pytest.MonkeyPatch,
     db: psycopg.Connection[Any],
-    client: uuid.UUID,
+    db_client: uuid.UUID,
     server: PoisonOpenAIServer,
     functions: Callable[[str], ModuleType],
 ) -> None:
     """Webhook (twice), SQS, the scheduled sweep and a Pub/Sub push race for the same new item."""
     content = document(random.Random(6), 3, 130, uuid.uuid4().hex)
-    (item_id,) = insert_items(db, client, [content])
+    (item_id,) = insert_items(db, db_client, [content])
     server.latency_ms = 100
-    webhook = webhook_insert_body(item_id, client, content)
+    webhook = webhook_insert_body(item_id, db_client, content)
     message = base64.b64encode(json.dumps({"knowledge_item_id": str(item_id)}).encode()).decode()
     cloud = load_event("pubsub_cloudevent.json")
     cloud["data"]["message"]["data"] = message
@@ -302,8 +281,8 @@ def test_every_trigger_at_once_for_one_item(
 
     results = run_together(
         [
-            lambda: in_own_loop(lambda: a.handler(webhook_event(item_id, client, content), new_context())),
-            lambda: in_own_loop(lambda: b.handler(webhook_event(item_id, client, content), new_context())),
+            lambda: in_own_loop(lambda: a.handler(webhook_event(item_id, db_client, content), new_context())),
+            lambda: in_own_loop(lambda: b.handler(webhook_event(item_id, db_client, content), new_context())),
             lambda: c.handler(sqs_event([("m-1", json.dumps(webhook))]), new_context()),
             lambda: d.handler(load_event("eventbridge_scheduled.json"), new_context()),
             lambda: e.pubsub(CloudEvent(attributes, cloud["data"])),
@@ -385,10 +364,10 @@ def test_four_concurrent_sweepers_process_each_of_300_items_exactly_once(
 
 
 def test_a_sweeper_finds_work_while_another_claim_is_in_flight(
-    db: psycopg.Connection[Any], client: uuid.UUID, stores: Callable[[], PostgresStore]
+    db: psycopg.Connection[Any], db_client: uuid.UUID, stores: Callable[[], PostgresStore]
 ) -> None:
     rng = random.Random(17)
-    ids = insert_items(db, client, [document(rng, 1, 80, f"backlog-{n}") for n in range(20)])
+    ids = insert_items(db, db_client, [document(rng, 1, 80, f"backlog-{n}") for n in range(20)])
     sweeper = Processor(stores(), LocalEmbedder(), LocalSummarizer())
     with db.transaction():  # another invocation's claim of one item's worth, not yet committed
         held = db.execute(
@@ -432,7 +411,7 @@ POISON_KINDS = [
 @pytest.mark.parametrize("poison_status", POISON_KINDS)
 def test_poison_item_fails_after_max_attempts_while_the_others_finish(
     db: psycopg.Connection[Any],
-    client: uuid.UUID,
+    db_client: uuid.UUID,
     server: PoisonOpenAIServer,
     stores: Callable[[], PostgresStore],
     embedders: Callable[[], OpenAIEmbedder],
@@ -440,7 +419,7 @@ def test_poison_item_fails_after_max_attempts_while_the_others_finish(
 ) -> None:
     server.poison_status = poison_status
     settings = load_settings({"NEXUS_MAX_ATTEMPTS": "3", "NEXUS_RETRY_BASE_SECONDS": "0"})
-    healthy, poison = _poison_batch(db, client)
+    healthy, poison = _poison_batch(db, db_client)
     processor = Processor(
         stores(),
         embedders(),
@@ -486,11 +465,11 @@ def _failed_messages(result: dict[str, Any]) -> list[str]:
 def test_sqs_batch_reports_only_the_bad_message_and_the_poison(
     env: pytest.MonkeyPatch,
     db: psycopg.Connection[Any],
-    client: uuid.UUID,
+    db_client: uuid.UUID,
     server: PoisonOpenAIServer,
     functions: Callable[[str], ModuleType],
 ) -> None:
-    healthy, poison = _poison_batch(db, client)
+    healthy, poison = _poison_batch(db, db_client)
     healthy = healthy[:4]
 
     result = invoke(functions("process"), sqs_event(_sqs_messages(healthy, poison)))
@@ -504,13 +483,13 @@ def test_sqs_batch_reports_only_the_bad_message_and_the_poison(
 
 def test_sqs_redeliveries_leave_only_the_bad_message_and_a_transient_poison(
     db: psycopg.Connection[Any],
-    client: uuid.UUID,
+    db_client: uuid.UUID,
     server: PoisonOpenAIServer,
     stores: Callable[[], PostgresStore],
     embedders: Callable[[], OpenAIEmbedder],
 ) -> None:
     server.poison_status = 500
-    healthy, poison = _poison_batch(db, client)
+    healthy, poison = _poison_batch(db, db_client)
     healthy = healthy[:4]
     # The service with fast embedding retries (a collaborator is a constructor parameter).
     service = ProcessService(processor=Processor(stores(), embedders(), LocalSummarizer(), max_attempts=3))
@@ -533,17 +512,17 @@ def test_sqs_redeliveries_leave_only_the_bad_message_and_a_transient_poison(
 def test_reingest_of_an_unchanged_item_costs_no_embedding_tokens(
     env: pytest.MonkeyPatch,
     db: psycopg.Connection[Any],
-    client: uuid.UUID,
+    db_client: uuid.UUID,
     server: PoisonOpenAIServer,
     functions: Callable[[str], ModuleType],
 ) -> None:
     ingest_fn, process = functions("ingest"), functions("process")
     content = document(random.Random(21), 3, 130, uuid.uuid4().hex)
-    body = {"client_id": str(client), "source": "notes/plan.md", "content": content, "external_id": "plan"}
+    body = {"client_id": str(db_client), "source": "notes/plan.md", "content": content, "external_id": "plan"}
     status, created = ingest(ingest_fn, body)
     assert status == 201
     item_id = uuid.UUID(created["id"])
-    assert http_body(invoke(process, webhook_event(item_id, client, content)))["status"] == "done"
+    assert http_body(invoke(process, webhook_event(item_id, db_client, content)))["status"] == "done"
     first = server.stats
     assert first.embedding_tokens > 0
     server.reset()
@@ -551,7 +530,7 @@ def test_reingest_of_an_unchanged_item_costs_no_embedding_tokens(
     # The same document again: a duplicate; redeliveries of every kind find nothing to do.
     status, again = ingest(ingest_fn, body)
     assert (status, again["id"], again["duplicate"]) == (200, str(item_id), True)
-    assert http_body(invoke(process, webhook_event(item_id, client, content)))["status"] == "skipped"
+    assert http_body(invoke(process, webhook_event(item_id, db_client, content)))["status"] == "skipped"
     message = json.dumps({"knowledge_item_id": str(item_id)})
     assert invoke(process, sqs_event([("m", message)])) == {"batchItemFailures": []}
     assert invoke(process, load_event("eventbridge_scheduled.json"))["claimed"] == 0
@@ -580,7 +559,7 @@ EDITS = {
 def test_an_edited_item_embeds_only_its_changed_chunks(
     env: pytest.MonkeyPatch,
     db: psycopg.Connection[Any],
-    client: uuid.UUID,
+    db_client: uuid.UUID,
     server: PoisonOpenAIServer,
     functions: Callable[[str], ModuleType],
     edit: str,
@@ -596,17 +575,17 @@ def test_an_edited_item_embeds_only_its_changed_chunks(
     assert len(old_chunks) == 6 and len(changed) <= 1  # one paragraph per chunk, as arranged
 
     ingest_fn, process = functions("ingest"), functions("process")
-    body = {"client_id": str(client), "source": "handbook.md", "content": old, "external_id": "handbook"}
+    body = {"client_id": str(db_client), "source": "handbook.md", "content": old, "external_id": "handbook"}
     status, created = ingest(ingest_fn, body)
     item_id = uuid.UUID(created["id"])
-    invoke(process, webhook_event(item_id, client, old))
+    invoke(process, webhook_event(item_id, db_client, old))
     server.reset()
 
     status, updated = ingest(ingest_fn, {**body, "content": new})
     assert (status, updated["id"], updated.get("updated")) == (200, str(item_id), True)
     update = load_event("supabase_webhook_update.json")
     for record in (update["record"], update["old_record"]):
-        record.update(id=str(item_id), client_id=str(client))
+        record.update(id=str(item_id), client_id=str(db_client))
     update["record"]["content"], update["old_record"]["content"] = new, old
     result = invoke(process, function_url_event(update, WEBHOOK_SECRET))
 

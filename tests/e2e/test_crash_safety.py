@@ -26,7 +26,6 @@ from typing import Any
 
 import psycopg
 import pytest
-from psycopg.rows import dict_row
 
 from shared.database import ConnectionHolder
 from shared.embeddings import LocalEmbedder
@@ -37,7 +36,6 @@ from tests.support.process_helpers import (
     assert_exact_chunk_set,
     document,
     insert_items,
-    isolated_database,
     item_states,
 )
 
@@ -128,18 +126,6 @@ def zygote(db_url: str) -> Iterator[Zygote]:
     started = Zygote(db_url)
     yield started
     started.close()
-
-
-@pytest.fixture
-def db_url(pg_url: str) -> Iterator[str]:
-    with isolated_database(pg_url) as url:
-        yield url
-
-
-@pytest.fixture
-def db(db_url: str) -> Iterator[psycopg.Connection[Any]]:
-    with psycopg.connect(db_url, autocommit=True, row_factory=dict_row) as conn:
-        yield conn
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import random
 import shutil
 import threading
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,35 +23,9 @@ from shared.pipeline import Processor
 from shared.store import PostgresStore
 from shared.summaries import LocalSummarizer
 from shared.vectors import to_pgvector_text
-from tests.support.process_helpers import assert_exact_chunk_set, document, insert_items, isolated_database
+from tests.support.process_helpers import assert_exact_chunk_set, document, insert_items
 
 HNSW_INDEX = "knowledge_chunks_embedding_hnsw_half"
-
-
-@pytest.fixture
-def iso_url(pg_url: str) -> Iterator[str]:
-    with isolated_database(pg_url) as url:
-        yield url
-
-
-@pytest.fixture
-def iso(iso_url: str) -> Iterator[psycopg.Connection[Any]]:
-    with psycopg.connect(iso_url, autocommit=True, row_factory=dict_row) as conn:
-        yield conn
-
-
-@pytest.fixture
-def iso_store(iso_url: str) -> Iterator[PostgresStore]:
-    store = PostgresStore(ConnectionHolder(iso_url))
-    yield store
-    store.close()
-
-
-@pytest.fixture
-def iso_client(iso: psycopg.Connection[Any]) -> uuid.UUID:
-    client_id = uuid.uuid4()
-    iso.execute("insert into clients (id) values (%s)", (client_id,))
-    return client_id
 
 
 def awaiting_index(conn: psycopg.Connection[Any]) -> int:
@@ -120,85 +93,85 @@ def search(
 
 
 def test_a_sweep_stores_chunks_outside_the_graph_then_moves_every_one_into_it(
-    iso: psycopg.Connection[Any], iso_store: PostgresStore, iso_client: uuid.UUID
+    db: psycopg.Connection[Any], db_store: PostgresStore, db_client: uuid.UUID
 ) -> None:
     ids = insert_items(
-        iso, iso_client, [document(random.Random(i), 3 + i, 120, tag=f"d{i}") for i in range(12)]
+        db, db_client, [document(random.Random(i), 3 + i, 120, tag=f"d{i}") for i in range(12)]
     )
     # Processing alone leaves the chunks outside the graph, their items done.
-    processor = Processor(iso_store, LocalEmbedder(), LocalSummarizer())
-    report = processor.process_claimed(iso_store.claim_items(processor.worker, 60, 100, 5))
+    processor = Processor(db_store, LocalEmbedder(), LocalSummarizer())
+    report = processor.process_claimed(db_store.claim_items(processor.worker, 60, 100, 5))
     assert report.done == 12 and report.indexed_chunks == 0
-    chunks = sum(assert_exact_chunk_set(iso, item_id) for item_id in ids)
-    assert awaiting_index(iso) == chunks > 12
-    assert iso_store.status()["chunks_awaiting_index"] == chunks
+    chunks = sum(assert_exact_chunk_set(db, item_id) for item_id in ids)
+    assert awaiting_index(db) == chunks > 12
+    assert db_store.status()["chunks_awaiting_index"] == chunks
 
     # The next sweep finds nothing to claim and spends its time on the index.
     report = processor.sweep(lambda: 60.0)
     assert (report.claimed, report.indexed_chunks) == (0, chunks)
-    assert awaiting_index(iso) == 0
-    assert iso_store.status()["chunks_awaiting_index"] == 0
+    assert awaiting_index(db) == 0
+    assert db_store.status()["chunks_awaiting_index"] == 0
 
 
 def test_item_triggers_index_what_they_stored(
-    iso: psycopg.Connection[Any], iso_store: PostgresStore, iso_client: uuid.UUID
+    db: psycopg.Connection[Any], db_store: PostgresStore, db_client: uuid.UUID
 ) -> None:
     ids = insert_items(
-        iso, iso_client, [document(random.Random(7), 4, 150, "a"), document(random.Random(8), 6, 150, "b")]
+        db, db_client, [document(random.Random(7), 4, 150, "a"), document(random.Random(8), 6, 150, "b")]
     )
-    report = Processor(iso_store, LocalEmbedder(), LocalSummarizer()).process_ids(ids, 60)
+    report = Processor(db_store, LocalEmbedder(), LocalSummarizer()).process_ids(ids, 60)
     assert report.done == 2
     assert report.indexed_chunks == report.chunks > 2
-    assert awaiting_index(iso) == 0
+    assert awaiting_index(db) == 0
 
 
 def test_indexing_stops_at_its_budget_and_leaves_the_rest(
-    iso: psycopg.Connection[Any], iso_store: PostgresStore, iso_client: uuid.UUID
+    db: psycopg.Connection[Any], db_store: PostgresStore, db_client: uuid.UUID
 ) -> None:
-    store_chunks(iso, iso_client, random_vectors(40, seed=1), indexed=False)
-    processor = Processor(iso_store, LocalEmbedder(), LocalSummarizer())
+    store_chunks(db, db_client, random_vectors(40, seed=1), indexed=False)
+    processor = Processor(db_store, LocalEmbedder(), LocalSummarizer())
     assert processor.index_pending(lambda: 600.0, budget_s=0.0) == 0
     assert processor.index_pending(lambda: 1.0) == 0  # under INDEX_RESERVE_S
-    assert awaiting_index(iso) == 40
+    assert awaiting_index(db) == 40
     assert processor.index_pending(lambda: 600.0) == 40
-    assert awaiting_index(iso) == 0
+    assert awaiting_index(db) == 0
 
 
 def test_search_is_exact_over_indexed_and_waiting_rows(
-    iso: psycopg.Connection[Any], iso_client: uuid.UUID
+    db: psycopg.Connection[Any], db_client: uuid.UUID
 ) -> None:
     other_client = uuid.uuid4()
-    iso.execute("insert into clients (id) values (%s)", (other_client,))
+    db.execute("insert into clients (id) values (%s)", (other_client,))
     vectors = random_vectors(60, seed=3)
     query = vectors[0]
     # The query's nearest rows are in both states: its own vector (distance 0) waits outside the
     # graph, a slight variation of it is indexed, and another client holds an exact copy.
     near = unit([v + 0.05 * n for v, n in zip(query, random_vectors(1, seed=4)[0], strict=True)])
-    waiting = store_chunks(iso, iso_client, [query, *vectors[1:30]], indexed=False)
-    indexed = store_chunks(iso, iso_client, [near, *vectors[30:]], indexed=True)
-    copy = store_chunks(iso, other_client, [query], indexed=False)
+    waiting = store_chunks(db, db_client, [query, *vectors[1:30]], indexed=False)
+    indexed = store_chunks(db, db_client, [near, *vectors[30:]], indexed=True)
+    copy = store_chunks(db, other_client, [query], indexed=False)
 
     # On a table this small the planner rightly sorts a client's rows instead of walking the
     # graph; with sorts priced out, the indexed part must be able to use the partial HNSW index.
-    iso.execute("set enable_sort = off")
-    before = hnsw_scans(iso)
-    hits = search(iso, query, 5, iso_client)
-    assert [uuid.UUID(str(h["id"])) for h in hits] == exact_top(iso, query, 5, iso_client)
+    db.execute("set enable_sort = off")
+    before = hnsw_scans(db)
+    hits = search(db, query, 5, db_client)
+    assert [uuid.UUID(str(h["id"])) for h in hits] == exact_top(db, query, 5, db_client)
     assert uuid.UUID(str(hits[0]["id"])) == waiting[0] and hits[0]["similarity"] == pytest.approx(1.0)
     assert uuid.UUID(str(hits[1]["id"])) == indexed[0]
-    assert hnsw_scans(iso) > before, "the indexed rows were not ranked through the HNSW index"
+    assert hnsw_scans(db) > before, "the indexed rows were not ranked through the HNSW index"
 
-    everyone = [uuid.UUID(str(h["id"])) for h in search(iso, query, 3, None)]
+    everyone = [uuid.UUID(str(h["id"])) for h in search(db, query, 3, None)]
     assert set(everyone[:2]) == {waiting[0], copy[0]}  # both at distance 0, in either order
     assert everyone[2] == indexed[0]
 
 
 def test_concurrent_indexers_move_each_row_once(
-    iso_url: str, iso: psycopg.Connection[Any], iso_client: uuid.UUID
+    db_url: str, db: psycopg.Connection[Any], db_client: uuid.UUID
 ) -> None:
     for seed in range(4):
-        store_chunks(iso, iso_client, random_vectors(50, seed=10 + seed), indexed=False)
-    stores = [PostgresStore(ConnectionHolder(iso_url), write_connections=2) for _ in range(4)]
+        store_chunks(db, db_client, random_vectors(50, seed=10 + seed), indexed=False)
+    stores = [PostgresStore(ConnectionHolder(db_url), write_connections=2) for _ in range(4)]
     moved: list[int] = []
     barrier = threading.Barrier(len(stores))
 
@@ -217,7 +190,7 @@ def test_concurrent_indexers_move_each_row_once(
     for s in stores:
         s.close()
     assert sum(moved) == 200 and len(moved) == 4
-    assert awaiting_index(iso) == 0
+    assert awaiting_index(db) == 0
 
 
 def test_rows_stored_before_the_migration_count_as_indexed(
