@@ -135,7 +135,11 @@ class RetryPolicy:
 
 
 class OpenAIEmbedder:
-    """Embeddings from OpenAI's `/embeddings` API (or any compatible server)."""
+    """Embeddings from OpenAI's `/embeddings` API (or any compatible server).
+
+    `max_request_tokens` lowers the per-request token limit (OpenAI's is 300,000) for a compatible
+    server that allows less; inputs are packed under it and under 2,048 inputs a request.
+    """
 
     def __init__(
         self,
@@ -146,12 +150,14 @@ class OpenAIEmbedder:
         concurrency: int = 4,
         timeout_s: float = 60.0,
         retry: RetryPolicy | None = None,
+        max_request_tokens: int = MAX_TOKENS_PER_REQUEST,
     ) -> None:
         import httpx
 
         self.model = model
         self.dimensions = dimensions
         self.concurrency = max(1, concurrency)
+        self.max_request_tokens = max(MAX_TOKENS_PER_INPUT, min(max_request_tokens, MAX_TOKENS_PER_REQUEST))
         self.retry = retry or RetryPolicy()
         self.stats = EmbeddingStats()
         self._api_key = api_key  # only to mask it out of upstream error messages
@@ -170,7 +176,7 @@ class OpenAIEmbedder:
         if not texts:
             return []
         counts = list(token_counts) if token_counts is not None else [count_tokens(t) for t in texts]
-        groups = pack_requests(counts)
+        groups = pack_requests(counts, max_tokens=self.max_request_tokens)
         results: list[array[float]] = [array("f")] * len(texts)
 
         def run(group: range) -> None:

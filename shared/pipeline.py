@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import math
 import os
 import socket
 import time
@@ -224,7 +225,8 @@ class Processor:
             return report
         # Embedding requests go out while the rest of the claim is still being chunked, and
         # summaries are made while the last requests fly: the stages overlap.
-        with _EmbeddingFeed(self, report) as feed, ThreadPoolExecutor(CHUNK_THREADS) as chunkers:
+        claim_chars = sum(len(item.content) for item in items)
+        with _EmbeddingFeed(self, report, claim_chars) as feed, ThreadPoolExecutor(CHUNK_THREADS) as chunkers:
             prepared = []
             # The tokenizer releases the GIL: two threads chunk about 1.4x as fast as one.
             for p in chunkers.map(self._chunk, items):  # in claim order
@@ -418,27 +420,41 @@ class _EmbeddingFeed:
     """Embedding requests sent while a claim is still being chunked.
 
     Chunk hashes are looked up (stored embeddings are reused) in batches as items are chunked;
-    the texts still missing fill a request in order, with the same greedy packing as
-    `pack_requests`, and each full request goes out at once on a background thread (up to the
-    embedder's concurrency). So the request count is what packing the whole claim would give,
-    and the server works while the worker chunks. After a failed request nothing more is sent:
-    the texts left are the pipeline's to embed or fail (`Processor._embeddings`). A local
-    embedder (CPU-bound, in this process) gets no background requests: it runs at the end.
+    the texts still missing fill requests in order, and each request goes out on a background
+    thread (up to the embedder's concurrency) as soon as it is filled, so the server works while
+    the worker chunks. A request is filled to its even share of the claim, not to the limit:
+    the whole claim's tokens to embed are extrapolated from the part chunked so far, and a
+    request goes out at that share when the rest, even 25% larger than estimated, still fits
+    in the requests left. The count stays the fewest the limits allow (as `pack_requests` would
+    give for the whole claim), and the last request, the one nobody can overlap, is a share
+    instead of whatever greedy filling leaves. A claim much less uniform than the part seen can
+    cost one request more; never a token more.
+
+    After a failed request nothing more is sent: the texts left are the pipeline's to embed or
+    fail (`Processor._embeddings`). A local embedder (CPU-bound, in this process) gets no
+    background requests: it runs at the end.
     """
 
     LOOKUP_BATCH = 256
+    ESTIMATE_MARGIN = 1.25  # how much larger than estimated the rest of a claim may turn out
 
-    def __init__(self, processor: Processor, report: ProcessingReport) -> None:
+    def __init__(self, processor: Processor, report: ProcessingReport, claim_chars: int) -> None:
         self.processor = processor
         self.report = report
         self.texts: dict[str, tuple[str, int]] = {}  # every distinct chunk hash: (text, tokens)
         self.vectors: dict[str, Any] = {}
         self.error: EmbeddingError | None = None
+        embedder = processor.embedder
+        self.max_tokens = getattr(embedder, "max_request_tokens", MAX_TOKENS_PER_REQUEST)
+        self._claim_chars = claim_chars
+        self._chars_added = 0
+        self._chars_looked_up = 0
         self._unlooked: list[str] = []
         self._pack: list[str] = []
         self._pack_tokens = 0
+        self._wanted_tokens = self._wanted_inputs = 0  # of the chunks looked up and found missing
+        self._sent_tokens = self._sent_inputs = 0  # of those, already sent
         self._sent: list[tuple[list[str], Future[list[Any]]]] = []
-        embedder = processor.embedder
         self._pool = (
             None
             if _is_local(embedder)
@@ -457,6 +473,7 @@ class _EmbeddingFeed:
             if digest not in self.texts:
                 self.texts[digest] = (chunk.text, chunk.token_count)
                 self._unlooked.append(digest)
+        self._chars_added += len(prepared.item.content)
         if len(self._unlooked) >= self.LOOKUP_BATCH:
             self._look_up()
 
@@ -464,7 +481,7 @@ class _EmbeddingFeed:
         """Send what is left, wait for every request; the vectors known, and the first error."""
         self._look_up()
         if self._pack:
-            self._send()
+            self._send(len(self._pack))
         for hashes, future in self._sent:
             try:
                 vectors = future.result()
@@ -478,6 +495,7 @@ class _EmbeddingFeed:
         return self.vectors, self.error
 
     def _look_up(self) -> None:
+        """Find stored embeddings for the chunks added since the last look-up; queue the rest."""
         hashes, self._unlooked = self._unlooked, []
         embedder = self.processor.embedder
         for start in range(0, len(hashes), FIND_BATCH):
@@ -486,22 +504,64 @@ class _EmbeddingFeed:
             )
             self.vectors.update(found)
             self.report.reused_chunks += len(found)
-        for digest in hashes:
-            if digest in self.vectors:
-                continue
+        missing = [h for h in hashes if h not in self.vectors]
+        self._chars_looked_up = self._chars_added
+        self._wanted_tokens += sum(self.texts[h][1] for h in missing)
+        self._wanted_inputs += len(missing)
+        for digest in missing:
             tokens = self.texts[digest][1]
-            full = len(self._pack) >= MAX_INPUTS_PER_REQUEST
-            if self._pack and (full or self._pack_tokens + tokens > MAX_TOKENS_PER_REQUEST):
-                self._send()
+            if self._overflows(tokens):
+                self._send_shares()
+                if self._overflows(tokens):
+                    self._send(len(self._pack))
             self._pack.append(digest)
             self._pack_tokens += tokens
+        self._send_shares()
 
-    def _send(self) -> None:
-        pack, self._pack, self._pack_tokens = self._pack, [], 0
+    def _overflows(self, tokens: int) -> bool:
+        """Whether one more input of `tokens` would break a request limit."""
+        if not self._pack:
+            return False
+        return len(self._pack) >= MAX_INPUTS_PER_REQUEST or self._pack_tokens + tokens > self.max_tokens
+
+    def _send_shares(self) -> None:
+        """Send the front of the pack while it holds an even share of the requests left."""
+        if self._pool is None or not self._chars_looked_up:
+            return
+        scale = max(1.0, self._claim_chars / self._chars_looked_up)
+        while self._pack:
+            tokens_left = self._wanted_tokens * scale - self._sent_tokens
+            inputs_left = self._wanted_inputs * scale - self._sent_inputs
+            requests_left = self._requests_for(tokens_left, inputs_left)
+            if requests_left < 2:
+                return
+            token_share, input_share = tokens_left / requests_left, inputs_left / requests_left
+            count, taken = 0, 0
+            while count < len(self._pack) and taken < token_share and count < input_share:
+                taken += self.texts[self._pack[count]][1]
+                count += 1
+            if taken < token_share and count < input_share:
+                return  # not a share yet
+            margin = self.ESTIMATE_MARGIN if scale > 1 else 1.0  # once all is looked up, it is exact
+            if (
+                self._requests_for(margin * (tokens_left - taken), margin * (inputs_left - count))
+                >= requests_left
+            ):
+                return  # the rest might not fit in the requests left: fill this one further
+            self._send(count)
+
+    def _requests_for(self, tokens: float, inputs: float) -> int:
+        return max(math.ceil(tokens / self.max_tokens), math.ceil(inputs / MAX_INPUTS_PER_REQUEST))
+
+    def _send(self, count: int) -> None:
+        pack, self._pack = self._pack[:count], self._pack[count:]
+        tokens = [self.texts[h][1] for h in pack]
+        self._pack_tokens -= sum(tokens)
+        self._sent_tokens += sum(tokens)
+        self._sent_inputs += len(pack)
         if self._pool is None or any(f.done() and f.exception() for _, f in self._sent):
             return  # embedded (or failed) by the pipeline afterwards
         texts = [self.texts[h][0] for h in pack]
-        tokens = [self.texts[h][1] for h in pack]
         self._sent.append((pack, self._pool.submit(self.processor.embedder.embed, texts, tokens)))
 
 

@@ -49,8 +49,15 @@ class Summarizer(Protocol):
 
 
 _SENTENCE_BREAK = re.compile(r"(?<=[.!?])[\"'\u201d\u2019)]?\s+(?=[\"'\u201c(]?[A-Z0-9])")
-_MARKUP = re.compile(r"^\s{0,3}(#{1,6}\s+|[-*+]\s+(\[[ xX]\]\s+)?|\d+[.)]\s+|>\s?)|[*_`]{1,3}", re.M)
+# Markdown marks at the start of each line of a paragraph's lines joined by "\n" (no whitespace
+# match reaches across a line end), and emphasis marks anywhere.
+_MARKUP = re.compile(
+    r"^[^\S\n]{0,3}(#{1,6}[^\S\n]+|[-*+][^\S\n]+(\[[ xX]\][^\S\n]+)?|\d+[.)][^\S\n]+|>[^\S\n]?)"
+    r"|[*_`]{1,3}",
+    re.M,
+)
 _WORD = re.compile(r"\w+", re.UNICODE)
+_PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
 _STOP = frozenset(
     "a an and are as at be by for from has have in is it its of on or that the this to was were will "
     "with we you your our not no can may must should if then than their there they them these those "
@@ -58,16 +65,22 @@ _STOP = frozenset(
 )
 
 
-def _clean_sentences(text: str) -> list[str]:
-    """Whole sentences of prose: markdown marks removed, lines of a paragraph joined, headings,
-    table rows and fragments dropped."""
+def _clean_sentences(text: str) -> list[tuple[str, list[str]]]:
+    """Whole sentences of prose, each with its words lowercased: markdown marks removed, lines of
+    a paragraph joined, headings, table rows and fragments dropped."""
     sentences = []
-    for paragraph in re.split(r"\n\s*\n", text):
-        lines = [line for line in paragraph.splitlines() if line.strip() and "|" not in line]
-        prose = " ".join(_MARKUP.sub("", line).strip() for line in lines if not line.lstrip().startswith("#"))
-        for sentence in _SENTENCE_BREAK.split(" ".join(prose.split())):
-            if len(_WORD.findall(sentence)) >= 6 and sentence[-1:] in ".!?":
-                sentences.append(sentence)
+    for paragraph in _PARAGRAPH_BREAK.split(text):
+        lines = [
+            line
+            for line in paragraph.splitlines()
+            if line.strip() and "|" not in line and not line.lstrip().startswith("#")
+        ]
+        prose = " ".join(_MARKUP.sub("", "\n".join(lines)).split())
+        for sentence in _SENTENCE_BREAK.split(prose):
+            if sentence[-1:] in ".!?":
+                words = _WORD.findall(sentence.lower())
+                if len(words) >= 6:
+                    sentences.append((sentence, words))
     return sentences
 
 
@@ -76,24 +89,24 @@ def extract_summary(text: str, max_words: int = SUMMARY_WORDS) -> str:
     sentences = _clean_sentences(text)
     if not sentences:
         return " ".join(text.split()[:max_words])
-    frequency = Counter(w for s in sentences for w in (x.lower() for x in _WORD.findall(s)) if w not in _STOP)
-
-    def score(sentence: str) -> float:
-        words = [w.lower() for w in _WORD.findall(sentence)]
-        content = [w for w in words if w not in _STOP]
-        return sum(frequency[w] for w in set(content)) / (len(words) ** 0.5 or 1)
-
-    ranked = sorted(range(len(sentences)), key=lambda i: (-score(sentences[i]), i))
-    chosen, words = [], 0
+    # Each sentence's words are found once; counting and scoring reuse them.
+    content = [[w for w in words if w not in _STOP] for _, words in sentences]
+    frequency = Counter(w for words in content for w in words)
+    scores = [
+        sum(frequency[w] for w in set(kept)) / (len(words) ** 0.5)
+        for kept, (_, words) in zip(content, sentences, strict=True)
+    ]
+    ranked = sorted(range(len(sentences)), key=lambda i: (-scores[i], i))
+    chosen, total = [], 0
     for i in ranked:
-        length = len(sentences[i].split())
-        if chosen and words + length > max_words:
+        length = len(sentences[i][0].split())
+        if chosen and total + length > max_words:
             continue
         chosen.append(i)
-        words += length
-        if words >= max_words * 0.8:
+        total += length
+        if total >= max_words * 0.8:
             break
-    return " ".join(sentences[i] for i in sorted(chosen))
+    return " ".join(sentences[i][0] for i in sorted(chosen))
 
 
 class LocalSummarizer:

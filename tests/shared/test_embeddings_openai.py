@@ -62,9 +62,13 @@ def make_embedder(server: OpenAIServer, sleep: RecordingSleep) -> Iterator[Embed
     """OpenAI embedders pointed at the local server, with fast, recorded retries."""
     made: list[OpenAIEmbedder] = []
 
-    def make(api_key: str = API_KEY, timeout_s: float = 30.0, max_attempts: int = 4) -> OpenAIEmbedder:
+    def make(
+        api_key: str = API_KEY, timeout_s: float = 30.0, max_attempts: int = 4, **options: Any
+    ) -> OpenAIEmbedder:
         retry = RetryPolicy(max_attempts=max_attempts, base_s=0.01, sleep=sleep)
-        embedder = OpenAIEmbedder(api_key, MODEL, 1536, server.base_url, timeout_s=timeout_s, retry=retry)
+        embedder = OpenAIEmbedder(
+            api_key, MODEL, 1536, server.base_url, timeout_s=timeout_s, retry=retry, **options
+        )
         made.append(embedder)
         return embedder
 
@@ -130,6 +134,32 @@ def test_forty_long_items_are_packed_into_at_most_three_requests(
         assert_vector(vector, text)
     summaries = admin.execute("select summary from knowledge_items where id = any(%s)", (ids,)).fetchall()
     assert all(row["summary"].startswith("Summary:") for row in summaries)
+
+
+def test_a_claim_goes_out_in_even_shares_not_a_large_tail(
+    admin: psycopg.Connection[Any],
+    client_id: uuid.UUID,
+    store: PostgresStore,
+    server: OpenAIServer,
+    make_embedder: EmbedderFactory,
+) -> None:
+    """Requests leave while the claim is chunked, each filled to an even share of it (the claim's
+    size extrapolated from the part chunked so far), not greedily to the limit: as few requests
+    as greedy packing, and no short last one after two full ones that all went out at the end."""
+    rng = random.Random(120)
+    tag = uuid.uuid4().hex[:8]
+    ids = insert_items(admin, client_id, [document(rng, 8, 125, f"{tag}-{n}") for n in range(120)])
+    limit = 120_000  # a compatible server's lower limit: ~250k tokens need 3 requests
+
+    report = processor(store, make_embedder(max_request_tokens=limit)).process_ids(ids, 120)
+
+    assert report.done == 120 and report.failed == 0
+    tokens = [t for _, t in server.stats.embedding_batches]
+    assert sum(tokens) == report.embedded_tokens
+    assert len(tokens) == -(-sum(tokens) // limit) == 3, tokens  # the fewest the limit allows
+    assert max(tokens) <= limit
+    share = sum(tokens) / 3
+    assert all(abs(t - share) < 0.15 * share for t in tokens), tokens  # greedy: 120k, 120k, ~10k
 
 
 # -- faults that are retried --------------------------------------------------------------------
@@ -301,8 +331,9 @@ def test_a_failed_request_keeps_what_the_claims_other_requests_embedded(
     make_embedder: EmbedderFactory,
 ) -> None:
     # 2,100 one-chunk items need two requests (2,048 inputs at most each, the first sent while the
-    # rest is still being chunked); one of them runs out of quota. The items the other request
-    # embedded are stored; only the rest fail, with no retry and no item-by-item fallback.
+    # rest is still being chunked, each about half); one of them runs out of quota. The items the
+    # other request embedded are stored; only the rest fail, with no retry and no item-by-item
+    # fallback.
     tag = uuid.uuid4().hex[:8]
     notes = [f"Note {n} of batch {tag}: the dock log is fine." for n in range(2100)]
     ids = insert_items(admin, client_id, notes)
@@ -317,8 +348,9 @@ def test_a_failed_request_keeps_what_the_claims_other_requests_embedded(
     report = work.process_claimed(store.claim_items(work.worker, 120, len(ids), 5, item_ids=ids))
 
     assert server.stats.embedding_attempts == 2
-    # Which request the server takes first (so which one gets the fault) is a race.
-    assert sorted([report.done, report.failed]) == [52, 2048]
+    answered = server.stats.embedding_batches  # the request the server answered (inputs, tokens)
+    assert len(answered) == 1 and 0 < report.done == answered[0][0] < 2048
+    assert report.done + report.failed == 2100
     states = item_states(admin, ids)
     assert sum(1 for s in states.values() if s["status"] == "done") == report.done
     failed = [s for s in states.values() if s["status"] == "failed"]
