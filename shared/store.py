@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import struct
 import sys
+import time
 import uuid
 from array import array
 from collections.abc import Iterator
@@ -380,7 +382,7 @@ class PostgresStore:
         """Binary COPY of the rows `copy_rows_binary` encodes (psycopg's per-field dumpers cost
         several times more CPU per row than packing the known layout directly)."""
         columns = (
-            "knowledge_item_id, chunk_index, content, embedding, client_id, token_count, "
+            "id, knowledge_item_id, chunk_index, content, embedding, client_id, token_count, "
             "embedding_model, embedding_dimensions, char_start, char_end, content_sha256"
         )
         statement = f"copy public.knowledge_chunks ({columns}) from stdin (format binary)"
@@ -480,7 +482,7 @@ INDEX_SPLIT_MIN_ROWS = 32
 COPY_BLOCK_BYTES = 1 << 20
 _COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + bytes(8)  # signature, flags, header extension length
 _COPY_TRAILER = b"\xff\xff"
-_ROW_HEAD = struct.Struct(">hi16siii")  # field count; item uuid; chunk_index; content length
+_ROW_HEAD = struct.Struct(">hi16si16siii")  # field count; id; item uuid; chunk_index; content length
 _VECTOR_HEAD = struct.Struct(">iHH")  # field length; pgvector's dimensions and unused int16
 _CLIENT_TOKENS = struct.Struct(">i16siii")  # client uuid; token_count; model length
 _ROW_TAIL = struct.Struct(">iiiiiii")  # dimensions; char_start; char_end; content_sha256 length
@@ -488,12 +490,13 @@ _ROW_TAIL = struct.Struct(">iiiiiii")  # dimensions; char_start; char_end; conte
 
 def copy_rows_binary(completed: list[CompletedItem]) -> Iterator[bytes]:
     """The chunk rows of `completed` in PostgreSQL's binary COPY format, in blocks of about
-    COPY_BLOCK_BYTES, columns as `_copy_chunks` names them: (item uuid, chunk_index, content,
-    embedding, client uuid, token_count, model, dimensions, char_start, char_end, content_sha256).
-    Each field is
-    its byte length, then uuid as 16 raw bytes, int4 big-endian, text as UTF-8, and the vector in
-    pgvector's binary form (int16 dimensions, int16 unused, big-endian float32 values)."""
+    COPY_BLOCK_BYTES, columns as `_copy_chunks` names them: (id, item uuid, chunk_index, content,
+    embedding, client uuid, token_count, model, dimensions, char_start, char_end, content_sha256),
+    each row's id from `time_ordered_ids`. Each field is its byte length, then uuid as 16 raw
+    bytes, int4 big-endian, text as UTF-8, and the vector in pgvector's binary form (int16
+    dimensions, int16 unused, big-endian float32 values)."""
     block = bytearray(_COPY_SIGNATURE)
+    ids = time_ordered_ids()
     for c in completed:
         item_id, client_id, model = c.item.id.bytes, c.item.client_id.bytes, c.model.encode()
         for chunk in c.chunks:
@@ -501,7 +504,7 @@ def copy_rows_binary(completed: list[CompletedItem]) -> Iterator[bytes]:
             vector = array("f", chunk.embedding)
             if sys.byteorder == "little":
                 vector.byteswap()
-            block += _ROW_HEAD.pack(11, 16, item_id, 4, chunk.chunk_index, len(text))
+            block += _ROW_HEAD.pack(12, 16, next(ids), 16, item_id, 4, chunk.chunk_index, len(text))
             block += text
             block += _VECTOR_HEAD.pack(4 + 4 * len(vector), len(vector), 0)
             block += vector.tobytes()
@@ -515,6 +518,22 @@ def copy_rows_binary(completed: list[CompletedItem]) -> Iterator[bytes]:
                 block.clear()
     block += _COPY_TRAILER
     yield bytes(block)
+
+
+def time_ordered_ids() -> Iterator[bytes]:
+    """UUIDv7 values (RFC 9562) as 16 bytes, increasing: the Unix time in milliseconds, then a
+    random start that counts up. New chunk rows then land at the right edge of the primary key
+    instead of on a random leaf page each (as `gen_random_uuid()` would), which keeps the key's
+    pages cached and out of the WAL's full-page images."""
+    millis = time.time_ns() // 1_000_000
+    counter = int.from_bytes(os.urandom(10), "big") >> 7  # 73 random bits: room to count up in 74
+    while True:
+        high, low = counter >> 62, counter & _LOW_62
+        yield ((millis << 80) | (0x7 << 76) | (high << 64) | (0b10 << 62) | low).to_bytes(16, "big")
+        counter += 1
+
+
+_LOW_62 = (1 << 62) - 1
 
 
 def _balanced_groups(completed: list[CompletedItem], count: int) -> list[list[CompletedItem]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import time
 import uuid
 from array import array
 from typing import Any
@@ -39,8 +40,8 @@ def test_copied_rows_read_back_exactly(
     assert store.complete_items("copy-test", [completed]) == {item_id}
 
     rows = admin.execute(
-        "select chunk_index, content, embedding::text as embedding, client_id, token_count, embedding_model, "
-        "embedding_dimensions, char_start, char_end, content_sha256, vector_indexed, "
+        "select id, chunk_index, content, embedding::text as embedding, client_id, token_count, "
+        "embedding_model, embedding_dimensions, char_start, char_end, content_sha256, vector_indexed, "
         "pg_column_size(embedding) as vector_bytes "
         "from knowledge_chunks where knowledge_item_id = %s order by chunk_index",
         (item_id,),
@@ -55,6 +56,12 @@ def test_copied_rows_read_back_exactly(
         assert row["content_sha256"] == sha(record.content)
         assert row["vector_indexed"] is False
         assert row["vector_bytes"] == 8 + 4 * 1536  # varlena and pgvector headers, floats uncompressed
+    # Ids are UUIDv7 from the writer, increasing in write order (new rows go to the primary key's
+    # right edge), and start at the time of writing.
+    ids = [row["id"] for row in rows]
+    assert [i.version for i in ids] == [7, 7, 7] and ids == sorted(ids) and len(set(ids)) == 3
+    written_ms = int.from_bytes(ids[0].bytes[:6], "big")
+    assert abs(written_ms / 1000 - time.time()) < 60
 
 
 def test_usual_chunks_are_stored_inline_without_toast(
@@ -107,3 +114,28 @@ def test_content_sha256_is_computed_for_plain_inserts_and_on_content_change(
         "update knowledge_chunks set content_sha256 = 'forged' where knowledge_item_id = %s", (item_id,)
     )
     assert stored() == sha("second text")
+
+
+def test_an_items_content_hash_and_length_follow_its_content_only(
+    admin: psycopg.Connection[Any], client_id: uuid.UUID
+) -> None:
+    """Set on insert, kept by updates of other columns, recomputed when the content changes, and
+    not writable to a wrong value (they were generated columns, now kept by triggers)."""
+    [item_id] = insert_items(admin, client_id, ["first version ✓"])
+
+    def facts() -> tuple[str, int]:
+        row = admin.execute(
+            "select content_sha256, char_count from knowledge_items where id = %s", (item_id,)
+        ).fetchone()
+        assert row is not None
+        return row["content_sha256"], row["char_count"]
+
+    assert facts() == (sha("first version ✓"), len("first version ✓"))
+    admin.execute("update knowledge_items set summary = 's', status = 'done' where id = %s", (item_id,))
+    assert facts() == (sha("first version ✓"), len("first version ✓"))
+    admin.execute("update knowledge_items set content = 'second' where id = %s", (item_id,))
+    assert facts() == (sha("second"), 6)
+    admin.execute(
+        "update knowledge_items set content_sha256 = 'forged', char_count = 1 where id = %s", (item_id,)
+    )
+    assert facts() == (sha("second"), 6)
