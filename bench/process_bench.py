@@ -510,14 +510,18 @@ def ingest_corpus(dsn: str, documents: list[Document]) -> tuple[str, float]:
 
 
 def settle(dsn: str) -> None:
-    """Flush what earlier runs left dirty (an HNSW build writes hundreds of MB), so a timed run does
-    not pay for the one before it. Needs superuser (the embedded server); skipped otherwise."""
+    """Leave no background work from earlier runs for a timed run to compete with: VACUUM (ANALYZE)
+    what they wrote (else autovacuum starts on the chunk and item tables during the next run, on
+    the same two cores; seen as one round of three writing at half speed), then a CHECKPOINT to
+    flush what they left dirty (an HNSW build writes hundreds of MB). Needs superuser (the
+    embedded server); skipped otherwise."""
     import psycopg
 
     from shared.database import connect
 
     try:
         with connect(dsn) as conn:
+            conn.execute("vacuum (analyze) public.knowledge_items, public.knowledge_chunks")
             conn.execute("checkpoint")
     except psycopg.Error:
         pass
