@@ -510,11 +510,12 @@ def ingest_corpus(dsn: str, documents: list[Document]) -> tuple[str, float]:
 
 
 def settle(dsn: str) -> None:
-    """Leave no background work from earlier runs for a timed run to compete with: VACUUM (ANALYZE)
-    what they wrote (else autovacuum starts on the chunk and item tables during the next run, on
-    the same two cores; seen as one round of three writing at half speed), then a CHECKPOINT to
-    flush what they left dirty (an HNSW build writes hundreds of MB). Needs superuser (the
-    embedded server); skipped otherwise."""
+    """Leave no background work from earlier runs for a timed run to compete with, on the same two
+    cores: VACUUM (ANALYZE) what this database holds (else autovacuum starts on its chunk and item
+    tables during the run; seen as one round of three writing at half speed), wait for autovacuum
+    workers still busy with earlier runs' databases (vacuuming an HNSW index after the deferred
+    index moves takes seconds of CPU), then CHECKPOINT to flush what they left dirty (an HNSW build
+    writes hundreds of MB). Needs superuser (the embedded server); skipped otherwise."""
     import psycopg
 
     from shared.database import connect
@@ -522,9 +523,20 @@ def settle(dsn: str) -> None:
     try:
         with connect(dsn) as conn:
             conn.execute("vacuum (analyze) public.knowledge_items, public.knowledge_chunks")
+            deadline = time.monotonic() + SETTLE_MAX_WAIT_S
+            while time.monotonic() < deadline:
+                row = conn.execute(
+                    "select count(*) as n from pg_stat_activity where backend_type = 'autovacuum worker'"
+                ).fetchone()
+                if not row or not row["n"]:
+                    break
+                time.sleep(0.25)
             conn.execute("checkpoint")
     except psycopg.Error:
         pass
+
+
+SETTLE_MAX_WAIT_S = 120.0
 
 
 def run_worker(mode: str, options: list[str]) -> dict[str, Any]:
