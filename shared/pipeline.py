@@ -426,9 +426,9 @@ class _EmbeddingFeed:
     the whole claim's tokens to embed are extrapolated from the part chunked so far, and a
     request goes out at that share when the rest, even 25% larger than estimated, still fits
     in the requests left. The count stays the fewest the limits allow (as `pack_requests` would
-    give for the whole claim), and the last request, the one nobody can overlap, is a share
-    instead of whatever greedy filling leaves. A claim much less uniform than the part seen can
-    cost one request more; never a token more.
+    give for the whole claim), and what is left to send when chunking ends, the part nothing can
+    overlap, is one share instead of a full request plus the remainder. A claim much less
+    uniform than the part seen can cost one request more; never a token more.
 
     After a failed request nothing more is sent: the texts left are the pipeline's to embed or
     fail (`Processor._embeddings`). A local embedder (CPU-bound, in this process) gets no
