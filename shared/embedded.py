@@ -45,22 +45,28 @@ def start_embedded_postgres(data_dir: Path, *, stop_at_exit: bool = True) -> str
     return str(server.get_uri())
 
 
-# Settings the embedded server starts with, beyond PostgreSQL's defaults. Chunk rows are 7.6 KB
-# (a 1536-d vector and its text), so a batch of them fills the default 4 MB of WAL buffers every
-# ~500 rows and the writing backend stops to write WAL out itself; with 64 MB a claim's rows fit
-# (bench/process.md: about +20% chunk writes per second).
-SETTINGS = {"wal_buffers": "64MB"}
+# Settings the embedded server starts with, beyond PostgreSQL's defaults, for the write path
+# (bench/process.md measures both). Chunk rows are 7.6 KB (a 1536-d vector and its text): with the
+# default 4 MB of WAL buffers a batch fills them every ~500 rows and the writing backend stops to
+# write WAL itself, and with the WAL writer waking every 200 ms nearly all of a batch's WAL is
+# written and flushed at its commit. With 64 MB, and the WAL writer writing every 10 ms while
+# there is work (it sleeps when there is none), the WAL goes out while the rows are still coming.
+SETTINGS = {"wal_buffers": "64MB", "wal_writer_delay": "10ms"}
 _SETTINGS_MARK = "# nexus-workers settings"
 
 
 def configure(data_dir: Path) -> None:
-    """Add SETTINGS to the data directory's postgresql.conf, once."""
+    """Add each of SETTINGS missing from the data directory's postgresql.conf (idempotent)."""
     conf = data_dir / "postgresql.conf"
-    text = conf.read_text() if conf.exists() else ""
-    if not conf.exists() or _SETTINGS_MARK in text:
+    if not conf.exists():
         return
+    text = conf.read_text()
     lines = [f"{name} = '{value}'" for name, value in SETTINGS.items()]
-    conf.write_text(text.rstrip("\n") + f"\n\n{_SETTINGS_MARK}\n" + "\n".join(lines) + "\n")
+    missing = [line for line in lines if line not in text]
+    if not missing:
+        return
+    block = "" if _SETTINGS_MARK in text else f"\n{_SETTINGS_MARK}\n"
+    conf.write_text(text.rstrip("\n") + "\n" + block + "\n".join(missing) + "\n")
 
 
 def forget_dead_holders(server: Any) -> None:

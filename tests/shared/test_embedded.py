@@ -12,9 +12,12 @@ from shared.database import connect
 from shared.embedded import SETTINGS, configure, start_embedded_postgres, stop_embedded_postgres
 
 
-def test_the_session_server_runs_with_larger_wal_buffers(admin: psycopg.Connection[Any]) -> None:
-    row = admin.execute("show wal_buffers").fetchone()
-    assert row is not None and row["wal_buffers"] == SETTINGS["wal_buffers"] == "64MB"
+def shown(conn: psycopg.Connection[Any]) -> dict[str, str]:
+    return {name: next(iter(conn.execute(f"show {name}").fetchone().values())) for name in SETTINGS}
+
+
+def test_the_session_server_runs_with_the_write_path_settings(admin: psycopg.Connection[Any]) -> None:
+    assert shown(admin) == SETTINGS == {"wal_buffers": "64MB", "wal_writer_delay": "10ms"}
 
 
 def test_an_older_data_directory_gets_the_settings_once_at_its_next_start(tmp_path: Path) -> None:
@@ -29,9 +32,21 @@ def test_an_older_data_directory_gets_the_settings_once_at_its_next_start(tmp_pa
     url = start_embedded_postgres(data_dir)
     try:
         with connect(url) as conn:
-            row = conn.execute("show wal_buffers").fetchone()
-        assert row is not None and row["wal_buffers"] == "64MB"
+            assert shown(conn) == SETTINGS
         configure(data_dir)  # a later start adds nothing
-        assert conf.read_text().count("# nexus-workers settings") == 1
+        text = conf.read_text()
+        assert text.count("# nexus-workers settings") == 1
+        assert all(text.count(f"{name} = '{value}'") == 1 for name, value in SETTINGS.items())
     finally:
         stop_embedded_postgres(data_dir)
+
+
+def test_a_setting_added_later_is_appended_to_the_existing_block(tmp_path: Path) -> None:
+    conf = tmp_path / "postgresql.conf"
+    conf.write_text("max_connections = 100\n\n# nexus-workers settings\nwal_buffers = '64MB'\n")
+
+    configure(tmp_path)
+
+    assert conf.read_text() == (
+        "max_connections = 100\n\n# nexus-workers settings\nwal_buffers = '64MB'\nwal_writer_delay = '10ms'\n"
+    )
