@@ -6,6 +6,13 @@ they concatenate back to the input; nothing is lost. Time is linear in the input
 character is tokenised a bounded number of times (once per level it is split at, once more when
 its chunk is verified).
 
+A chunk's exact count is usually known without encoding it again: cl100k encodes each piece of
+its pre-tokenising pattern on its own, and where one atom ends with a line break and the next
+starts with a non-space character, no piece can span the junction or change at it (no
+alternative of the pattern looks behind, and a whitespace run that ends in a line break is one
+piece whatever follows it). Across such junctions the atoms' counts add up exactly; a chunk
+with any other junction inside (between sentences or words) is encoded to verify it.
+
 Overlap (`overlap_tokens`) starts each chunk with up to that many tokens from the end of the
 previous one, snapped to a word start. It re-embeds the overlapped text, so it is off by default.
 """
@@ -129,12 +136,18 @@ def split_text(text: str, max_tokens: int = 350, overlap_tokens: int = 0) -> lis
         return []
     budget = max_tokens - overlap_tokens
     atoms = _atoms(text, 0, len(text), budget)
-    spans = _pack(atoms, budget)
+    spans = _pack(text, atoms, budget)
     return _finish(text, spans, max_tokens, overlap_tokens)
 
 
-def _pack(atoms: list[_Atom], budget: int) -> list[tuple[int, int]]:
-    """Greedy packing of atoms into spans of at most `budget` (estimated) tokens."""
+def _adds_up(text: str, atom: _Atom) -> bool:
+    """Whether the tokens of `atom` followed by the next atom are exactly both atoms' tokens."""
+    return text[atom.end - 1] in "\r\n" and not text[atom.end].isspace()
+
+
+def _pack(text: str, atoms: list[_Atom], budget: int) -> list[tuple[int, int, int | None]]:
+    """Greedy packing of atoms into spans of at most `budget` (estimated) tokens: (start, end,
+    exact token count, or None when a junction inside makes the sum an estimate)."""
     spans = []
     first = 0
     min_tokens = budget // 2
@@ -144,24 +157,32 @@ def _pack(atoms: list[_Atom], budget: int) -> list[tuple[int, int]]:
             total += atoms[last].tokens
             last += 1
         cut = last - 1 if last == len(atoms) else _best_cut(atoms, first, last - 1, min_tokens)
-        spans.append((atoms[first].start, atoms[cut].end))
+        exact = all(_adds_up(text, atoms[i]) for i in range(first, cut))
+        count = sum(atom.tokens for atom in atoms[first : cut + 1]) if exact else None
+        spans.append((atoms[first].start, atoms[cut].end, count))
         first = cut + 1
     return spans
 
 
-def _finish(text: str, spans: list[tuple[int, int]], max_tokens: int, overlap_tokens: int) -> list[Chunk]:
-    """Add overlap, verify exact token counts, and shrink the rare chunk the estimate got wrong."""
+def _finish(
+    text: str, spans: list[tuple[int, int, int | None]], max_tokens: int, overlap_tokens: int
+) -> list[Chunk]:
+    """Add overlap, verify token counts not known exactly, and shrink the rare chunk the
+    estimate got wrong."""
     encoding = get_encoding()
     chunks: list[Chunk] = []
     pending = list(reversed(spans))
     previous_tokens: list[int] = []
     while pending:
-        start, end = pending.pop()
+        start, end, count = pending.pop()
+        if count is not None and not overlap_tokens:
+            chunks.append(Chunk(len(chunks), text[start:end], count, start, end))
+            continue
         chunk_start = _overlap_start(text, start, previous_tokens, overlap_tokens) if chunks else start
         tokens = encoding.encode_ordinary(text[chunk_start:end])
         if len(tokens) > max_tokens:
             cut = _shrink(text, chunk_start, start, end, max_tokens)
-            pending.extend([(cut, end), (start, cut)])
+            pending.extend([(cut, end, None), (start, cut, None)])
             continue
         chunks.append(Chunk(len(chunks), text[chunk_start:end], len(tokens), chunk_start, end))
         previous_tokens = tokens

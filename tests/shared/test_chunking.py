@@ -57,6 +57,28 @@ def test_chunks_cover_the_text_in_order_within_the_limit(text: str, max_tokens: 
     assert [c.char_start for c in chunks] == sorted(c.char_start for c in chunks)
 
 
+# Characters where cl100k's pre-tokenising pattern behaves differently: line breaks, other
+# whitespace (incl. Unicode spaces), letters, digits, apostrophes, punctuation and symbols.
+_junction_chars = st.sampled_from(list("\n\r \t\u00a0\u2028\u3000aZé漢'sdtl1234567890.,!?-_()[]\"“€🚀"))
+_junction_side = st.lists(_junction_chars, max_size=12).map("".join)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    before=_junction_side,
+    line_break=st.sampled_from(["\n", "\r", "\r\n", "\n\n"]),
+    first=_junction_chars.filter(lambda c: not c.isspace()),
+    after=_junction_side,
+)
+def test_tokens_add_up_across_a_line_break_followed_by_a_non_space(
+    before: str, line_break: str, first: str, after: str
+) -> None:
+    # The chunker sums its atoms' counts across such junctions instead of encoding the chunk.
+    encode = get_encoding().encode_ordinary
+    head, tail = before + line_break, first + after
+    assert encode(head + tail) == encode(head) + encode(tail)
+
+
 @settings(max_examples=80, deadline=None)
 @given(text=prose, max_tokens=st.integers(min_value=20, max_value=300), data=st.data())
 def test_overlap_repeats_the_previous_tail_and_still_covers_everything(
