@@ -20,7 +20,9 @@ previous one, snapped to a word start. It re-embeds the overlapped text, so it i
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from array import array
+from dataclasses import dataclass, field
+from itertools import chain
 
 from shared.tokens import get_encoding
 
@@ -41,14 +43,21 @@ class Chunk:
     token_count: int
     char_start: int
     char_end: int
+    # The cl100k token ids of `text` (4 bytes each): what an embedding request can send instead
+    # of the text, so the server need not tokenise it again.
+    token_ids: array[int] = field(default_factory=lambda: array("I"), repr=False, compare=False)
 
 
 @dataclass
 class _Atom:
     start: int
     end: int
-    tokens: int
+    ids: list[int]
     level: int  # boundary strength at the atom's end
+
+    @property
+    def tokens(self) -> int:
+        return len(self.ids)
 
 
 def _pieces(text: str, start: int, end: int, pattern: re.Pattern[str]) -> list[tuple[int, int]]:
@@ -77,8 +86,7 @@ def _hard_split(text: str, start: int, end: int, max_tokens: int) -> list[_Atom]
                 low = middle
             else:
                 high = middle - 1
-        tokens = len(encoding.encode_ordinary(text[position:low]))
-        atoms.append(_Atom(position, low, tokens, HARD))
+        atoms.append(_Atom(position, low, encoding.encode_ordinary(text[position:low]), HARD))
         position = low
     atoms[-1].level = WORD
     return atoms
@@ -95,11 +103,11 @@ def _atoms(text: str, start: int, end: int, max_tokens: int, depth: int = 0) -> 
     spans = _pieces(text, start, end, pattern)
     # One encode call per span: encode_ordinary_batch would start a thread pool on every call.
     encode = get_encoding().encode_ordinary
-    counts = [len(encode(text[a:b])) for a, b in spans]
+    encoded = [encode(text[a:b]) for a, b in spans]
     atoms: list[_Atom] = []
-    for (a, b), tokens in zip(spans, counts, strict=True):
-        if tokens <= max_tokens:
-            atoms.append(_Atom(a, b, tokens, level))
+    for (a, b), ids in zip(spans, encoded, strict=True):
+        if len(ids) <= max_tokens:
+            atoms.append(_Atom(a, b, ids, level))
         else:
             inner = _atoms(text, a, b, max_tokens, depth + 1)
             inner[-1].level = max(inner[-1].level, level)
@@ -145,9 +153,9 @@ def _adds_up(text: str, atom: _Atom) -> bool:
     return text[atom.end - 1] in "\r\n" and not text[atom.end].isspace()
 
 
-def _pack(text: str, atoms: list[_Atom], budget: int) -> list[tuple[int, int, int | None]]:
+def _pack(text: str, atoms: list[_Atom], budget: int) -> list[tuple[int, int, array[int] | None]]:
     """Greedy packing of atoms into spans of at most `budget` (estimated) tokens: (start, end,
-    exact token count, or None when a junction inside makes the sum an estimate)."""
+    token ids, or None when a junction inside makes the atoms' ids only an estimate)."""
     spans = []
     first = 0
     min_tokens = budget // 2
@@ -158,14 +166,14 @@ def _pack(text: str, atoms: list[_Atom], budget: int) -> list[tuple[int, int, in
             last += 1
         cut = last - 1 if last == len(atoms) else _best_cut(atoms, first, last - 1, min_tokens)
         exact = all(_adds_up(text, atoms[i]) for i in range(first, cut))
-        count = sum(atom.tokens for atom in atoms[first : cut + 1]) if exact else None
-        spans.append((atoms[first].start, atoms[cut].end, count))
+        ids = array("I", chain.from_iterable(a.ids for a in atoms[first : cut + 1])) if exact else None
+        spans.append((atoms[first].start, atoms[cut].end, ids))
         first = cut + 1
     return spans
 
 
 def _finish(
-    text: str, spans: list[tuple[int, int, int | None]], max_tokens: int, overlap_tokens: int
+    text: str, spans: list[tuple[int, int, array[int] | None]], max_tokens: int, overlap_tokens: int
 ) -> list[Chunk]:
     """Add overlap, verify token counts not known exactly, and shrink the rare chunk the
     estimate got wrong."""
@@ -174,9 +182,9 @@ def _finish(
     pending = list(reversed(spans))
     previous_tokens: list[int] = []
     while pending:
-        start, end, count = pending.pop()
-        if count is not None and not overlap_tokens:
-            chunks.append(Chunk(len(chunks), text[start:end], count, start, end))
+        start, end, ids = pending.pop()
+        if ids is not None and not overlap_tokens:
+            chunks.append(Chunk(len(chunks), text[start:end], len(ids), start, end, ids))
             continue
         chunk_start = _overlap_start(text, start, previous_tokens, overlap_tokens) if chunks else start
         tokens = encoding.encode_ordinary(text[chunk_start:end])
@@ -184,7 +192,9 @@ def _finish(
             cut = _shrink(text, chunk_start, start, end, max_tokens)
             pending.extend([(cut, end, None), (start, cut, None)])
             continue
-        chunks.append(Chunk(len(chunks), text[chunk_start:end], len(tokens), chunk_start, end))
+        chunks.append(
+            Chunk(len(chunks), text[chunk_start:end], len(tokens), chunk_start, end, array("I", tokens))
+        )
         previous_tokens = tokens
     return chunks
 

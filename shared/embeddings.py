@@ -37,24 +37,33 @@ MAX_INPUTS_PER_REQUEST = 2048
 MAX_TOKENS_PER_REQUEST = 300_000
 MAX_TOKENS_PER_INPUT = 8191
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
+# OpenAI's embedding models, all tokenised with cl100k: they take token ids as input.
+CL100K_MODELS = frozenset({"text-embedding-3-small", "text-embedding-3-large", "text-embedding-ada-002"})
 LOCAL_MODEL = "local-hash-v1"
 
 
 class EmbeddingError(NexusError):
     """Embedding failed. `retryable` says whether a later attempt may succeed."""
 
-    def __init__(self, message: str, *, retryable: bool, code: str = "") -> None:
+    def __init__(self, message: str, *, retryable: bool, code: str = "", status: int = 0) -> None:
         super().__init__(message)
         self.retryable = retryable
         self.code = code
+        self.status = status  # the HTTP status that refused the request, when one did
 
 
 class Embedder(Protocol):
     model: str
     dimensions: int
 
-    def embed(self, texts: Sequence[str], token_counts: Sequence[int] | None = None) -> list[array[float]]:
-        """One vector per text, in order. `token_counts` (exact cl100k) saves recounting."""
+    def embed(
+        self,
+        texts: Sequence[str],
+        token_counts: Sequence[int] | None = None,
+        token_ids: Sequence[Sequence[int]] | None = None,
+    ) -> list[array[float]]:
+        """One vector per text, in order. `token_counts` (exact cl100k) saves recounting;
+        `token_ids` (each text's cl100k ids) may be sent instead of the texts."""
         ...
 
 
@@ -139,6 +148,11 @@ class OpenAIEmbedder:
 
     `max_request_tokens` lowers the per-request token limit (OpenAI's is 300,000) for a compatible
     server that allows less; inputs are packed under it and under 2,048 inputs a request.
+
+    For OpenAI's own models, whose tokenizer is cl100k, inputs whose token ids the caller already
+    has go out as those ids (the API takes arrays of token ids as input), so the server does not
+    tokenise them again. Any other model gets text. A server that takes the model's name but
+    refuses token ids gets that request again as text, and text from then on.
     """
 
     def __init__(
@@ -159,6 +173,7 @@ class OpenAIEmbedder:
         self.concurrency = max(1, concurrency)
         self.max_request_tokens = max(MAX_TOKENS_PER_INPUT, min(max_request_tokens, MAX_TOKENS_PER_REQUEST))
         self.retry = retry or RetryPolicy()
+        self.sends_token_ids = model in CL100K_MODELS
         self.stats = EmbeddingStats()
         self._api_key = api_key  # only to mask it out of upstream error messages
         self._stats_lock = threading.Lock()
@@ -172,7 +187,12 @@ class OpenAIEmbedder:
     def close(self) -> None:
         self._client.close()
 
-    def embed(self, texts: Sequence[str], token_counts: Sequence[int] | None = None) -> list[array[float]]:
+    def embed(
+        self,
+        texts: Sequence[str],
+        token_counts: Sequence[int] | None = None,
+        token_ids: Sequence[Sequence[int]] | None = None,
+    ) -> list[array[float]]:
         if not texts:
             return []
         counts = list(token_counts) if token_counts is not None else [count_tokens(t) for t in texts]
@@ -180,7 +200,11 @@ class OpenAIEmbedder:
         results: list[array[float]] = [array("f")] * len(texts)
 
         def run(group: range) -> None:
-            vectors = self._request([texts[i] for i in group], sum(counts[i] for i in group))
+            tokens = sum(counts[i] for i in group)
+            if token_ids is None or not self.sends_token_ids:
+                vectors = self._request([texts[i] for i in group], tokens)
+            else:
+                vectors = self._request_ids([texts[i] for i in group], [token_ids[i] for i in group], tokens)
             for i, vector in zip(group, vectors, strict=True):
                 results[i] = vector
 
@@ -192,7 +216,28 @@ class OpenAIEmbedder:
                     future.result()
         return results
 
-    def _request(self, inputs: list[str], tokens: int) -> list[array[float]]:
+    def _request_ids(self, texts: list[str], ids: list[Sequence[int]], tokens: int) -> list[array[float]]:
+        """Embed by token ids; if the request is refused as invalid (400 or 422) and the same
+        texts are then accepted, by text (and by text from then on)."""
+        try:
+            return self._request([list(i) for i in ids], tokens)
+        except EmbeddingError as refused:
+            if refused.status not in (400, 422):
+                raise
+            try:
+                vectors = self._request(texts, tokens)
+            except EmbeddingError:
+                raise refused from None  # the input itself is refused, not its form
+        from shared.logs import get_logger
+
+        self.sends_token_ids = False
+        get_logger().warning(
+            "the embeddings endpoint refused token ids for this model; sending text from now on",
+            extra={"model": self.model},
+        )
+        return vectors
+
+    def _request(self, inputs: list[str] | list[list[int]], tokens: int) -> list[array[float]]:
         import httpx
 
         body: dict[str, Any] = {"model": self.model, "input": inputs, "encoding_format": "base64"}
@@ -240,6 +285,7 @@ class OpenAIEmbedder:
             f"The embeddings endpoint rejected the request (HTTP {status} {code}): {message}".rstrip(": "),
             retryable=False,
             code=code or str(status),
+            status=status,
         )
 
     def _parse(self, content: bytes, expected: int) -> list[array[float]]:
@@ -289,7 +335,12 @@ class LocalEmbedder:
         self.dimensions = dimensions
         self.stats = EmbeddingStats()
 
-    def embed(self, texts: Sequence[str], token_counts: Sequence[int] | None = None) -> list[array[float]]:
+    def embed(
+        self,
+        texts: Sequence[str],
+        token_counts: Sequence[int] | None = None,
+        token_ids: Sequence[Sequence[int]] | None = None,
+    ) -> list[array[float]]:
         vectors = [self._vector(text) for text in texts]
         self.stats.requests += 1 if texts else 0
         self.stats.inputs += len(texts)

@@ -15,7 +15,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +42,8 @@ INDEX_BATCH_ROWS = 256  # rows moved into the vector index per transaction (row 
 INDEX_MIN_BATCH_ROWS = 16
 INDEX_RESERVE_S = 2.0  # indexing stops with at least this much of the invocation left
 INDEX_AFTER_ITEM_S = 3.0  # what a webhook, queue or CLI item trigger spends on indexing afterwards
+
+_Text = tuple[str, int, Sequence[int]]  # a chunk text, its token count and its token ids
 
 
 @dataclass
@@ -282,7 +284,7 @@ class Processor:
         self,
         prepared: list[_Prepared],
         vectors: dict[str, Any],
-        texts: dict[str, tuple[str, int]],
+        texts: dict[str, _Text],
         report: ProcessingReport,
     ) -> dict[uuid.UUID, EmbeddingError]:
         """Embed item by item; after two transient failures in a row (an outage, not one bad
@@ -308,12 +310,14 @@ class Processor:
         self,
         vectors: dict[str, Any],
         hashes: list[str],
-        texts: dict[str, tuple[str, int]],
+        texts: dict[str, _Text],
         report: ProcessingReport,
     ) -> None:
         if not hashes:
             return
-        embedded = self.embedder.embed([texts[h][0] for h in hashes], [texts[h][1] for h in hashes])
+        embedded = self.embedder.embed(
+            [texts[h][0] for h in hashes], [texts[h][1] for h in hashes], [texts[h][2] for h in hashes]
+        )
         vectors.update(zip(hashes, embedded, strict=True))
         report.embedded_chunks += len(hashes)
         report.embedded_tokens += sum(texts[h][1] for h in hashes)
@@ -441,7 +445,7 @@ class _EmbeddingFeed:
     def __init__(self, processor: Processor, report: ProcessingReport, claim_chars: int) -> None:
         self.processor = processor
         self.report = report
-        self.texts: dict[str, tuple[str, int]] = {}  # every distinct chunk hash: (text, tokens)
+        self.texts: dict[str, _Text] = {}  # every distinct chunk hash
         self.vectors: dict[str, Any] = {}
         self.error: EmbeddingError | None = None
         embedder = processor.embedder
@@ -471,7 +475,7 @@ class _EmbeddingFeed:
     def add(self, prepared: _Prepared) -> None:
         for chunk, digest in zip(prepared.chunks, prepared.hashes, strict=True):
             if digest not in self.texts:
-                self.texts[digest] = (chunk.text, chunk.token_count)
+                self.texts[digest] = (chunk.text, chunk.token_count, chunk.token_ids)
                 self._unlooked.append(digest)
         self._chars_added += len(prepared.item.content)
         if len(self._unlooked) >= self.LOOKUP_BATCH:
@@ -562,7 +566,8 @@ class _EmbeddingFeed:
         if self._pool is None or any(f.done() and f.exception() for _, f in self._sent):
             return  # embedded (or failed) by the pipeline afterwards
         texts = [self.texts[h][0] for h in pack]
-        self._sent.append((pack, self._pool.submit(self.processor.embedder.embed, texts, tokens)))
+        ids = [self.texts[h][2] for h in pack]
+        self._sent.append((pack, self._pool.submit(self.processor.embedder.embed, texts, tokens, ids)))
 
 
 def _remaining_fn(remaining_s: Callable[[], float] | float) -> Callable[[], float]:

@@ -35,7 +35,7 @@ from shared.processing import ProcessService
 from shared.store import PostgresStore
 from shared.summaries import LocalSummarizer
 from tests.conftest import API_KEY, load_event, load_function
-from tests.support.openai_server import OpenAIError, OpenAIServer, _Handler, _Response
+from tests.support.openai_server import OpenAIError, OpenAIServer, _Handler, _Response, cl100k
 from tests.support.process_helpers import (
     assert_exact_chunk_set,
     document,
@@ -56,11 +56,23 @@ POISON = "POISON-8d1f0c"
 # -- a server that refuses one item's text -------------------------------------------------------
 
 
+def _mentions_poison(raw: bytes) -> bool:
+    """Whether a request body carries POISON, as text or inside an input sent as token ids."""
+    if POISON.encode() in raw:
+        return True
+    try:
+        inputs = json.loads(raw).get("input")
+    except (ValueError, AttributeError):
+        return False
+    ids = [i for i in inputs if isinstance(i, list)] if isinstance(inputs, list) else []
+    return any(POISON in cl100k().decode(i) for i in ids)
+
+
 class PoisonOpenAIServer(OpenAIServer):
-    """The local server plus one test-only option: any embeddings request whose body contains
-    POISON is refused with `poison_status` (400: permanent, as for an input OpenAI rejects; 500:
-    transient-looking, as for an input that keeps crashing the service). Everything else, stats
-    included, is the shared server's behaviour."""
+    """The local server plus one test-only option: any embeddings request whose inputs contain
+    POISON (as text or as token ids) is refused with `poison_status` (400: permanent, as for an
+    input OpenAI rejects; 500: transient-looking, as for an input that keeps crashing the service).
+    Everything else, stats included, is the shared server's behaviour."""
 
     poison_status = 400
 
@@ -70,7 +82,7 @@ class PoisonOpenAIServer(OpenAIServer):
 
         class PoisonHandler(_Handler):
             def _answer_openai(self, method: str, path: str, raw: bytes) -> _Response | None:
-                if (method, path) != ("POST", "/v1/embeddings") or POISON.encode() not in raw:
+                if (method, path) != ("POST", "/v1/embeddings") or not _mentions_poison(raw):
                     return super()._answer_openai(method, path, raw)
                 state = self.server.state
                 with state.handling("embeddings"):

@@ -53,6 +53,7 @@ def test_chunks_cover_the_text_in_order_within_the_limit(text: str, max_tokens: 
         assert chunk.index == i
         assert chunk.text == text[chunk.char_start : chunk.char_end]
         assert chunk.token_count == count_tokens(chunk.text) <= max_tokens
+        assert list(chunk.token_ids) == get_encoding().encode_ordinary(chunk.text)
         assert chunk.text
     assert [c.char_start for c in chunks] == sorted(c.char_start for c in chunks)
 
@@ -94,6 +95,7 @@ def test_overlap_repeats_the_previous_tail_and_still_covers_everything(
         assert chunk.char_start <= previous.char_end  # contiguous or overlapping: nothing skipped
         assert chunk.char_end > previous.char_end  # always moving forward
     assert all(c.token_count <= max_tokens for c in chunks)
+    assert all(list(c.token_ids) == get_encoding().encode_ordinary(c.text) for c in chunks)
 
 
 def test_paragraph_boundaries_are_preferred() -> None:

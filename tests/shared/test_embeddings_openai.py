@@ -19,6 +19,7 @@ from shared.embeddings import EmbeddingError, OpenAIEmbedder, RetryPolicy
 from shared.pipeline import Processor
 from shared.store import PostgresStore
 from shared.summaries import LocalSummarizer, OpenAISummarizer
+from shared.tokens import get_encoding
 from tests.support.openai_server import OpenAIServer, expected_embedding
 from tests.support.process_helpers import assert_exact_chunk_set, document, insert_items, item_states
 
@@ -128,6 +129,7 @@ def test_forty_long_items_are_packed_into_at_most_three_requests(
     assert rows is not None and rows["smallest"] >= 1800  # ~2,000 tokens each, as the issue asks
     assert stats.embedding_inputs == rows["chunks"] == report.chunks
     assert stats.embedding_tokens == rows["tokens"]  # counted exactly, the way the server counts
+    assert stats.embedding_token_id_inputs == stats.embedding_inputs  # sent as ids: nothing to tokenise
     assert sum(assert_exact_chunk_set(admin, item_id) for item_id in ids) == rows["chunks"]
     for item_id in rng.sample(ids, 3):
         text, vector = stored_vector(admin, item_id, rng.randrange(8))
@@ -160,6 +162,44 @@ def test_a_claim_goes_out_in_even_shares_not_a_large_tail(
     assert max(tokens) <= limit
     share = sum(tokens) / 3
     assert all(abs(t - share) < 0.15 * share for t in tokens), tokens  # greedy: 120k, 120k, ~10k
+
+
+# -- token ids ----------------------------------------------------------------------------------
+
+
+def test_only_openais_cl100k_models_are_sent_token_ids() -> None:
+    for model, sends_ids in [
+        ("text-embedding-3-small", True),
+        ("text-embedding-3-large", True),
+        ("text-embedding-ada-002", True),
+        ("nomic-embed-text", False),  # a compatible server's own model has its own tokenizer
+        ("bge-m3", False),
+    ]:
+        embedder = OpenAIEmbedder(API_KEY, model, 768, "http://127.0.0.1:9/v1")
+        assert embedder.sends_token_ids is sends_ids, model
+        embedder.close()
+
+
+def test_a_server_refusing_token_ids_gets_text_from_then_on(sleep: RecordingSleep) -> None:
+    texts = ["A compatible server that only takes text.", "It answers the same texts as text."]
+    ids = [get_encoding().encode_ordinary(t) for t in texts]
+    counts = [len(i) for i in ids]
+    with OpenAIServer(token_ids=False) as strict:
+        retry = RetryPolicy(max_attempts=4, base_s=0.01, sleep=sleep)
+        embedder = OpenAIEmbedder(API_KEY, MODEL, 1536, strict.base_url, retry=retry)
+        try:
+            first = embedder.embed(texts, counts, ids)
+            assert strict.stats.embedding_attempts == 2  # refused as ids, answered as text
+            assert [status for _, status, _ in strict.stats.rejected] == [400]
+            assert embedder.sends_token_ids is False
+            second = embedder.embed(texts[::-1], counts[::-1], ids[::-1])
+        finally:
+            embedder.close()
+        stats = strict.stats
+    assert stats.embedding_attempts == 3 and stats.embedding_requests == 2  # no second refusal
+    assert stats.embedding_token_id_inputs == 0 and sleep.waits == []
+    for vector, text in [*zip(first, texts, strict=True), *zip(second, texts[::-1], strict=True)]:
+        assert_vector(vector, text)
 
 
 # -- faults that are retried --------------------------------------------------------------------
@@ -373,13 +413,16 @@ def test_bad_request_is_not_retried(
 
     (item_id,) = insert_items(admin, client_id, ["A document the API refuses to embed, every time."])
     server.reset()
-    server.enqueue_faults([{"endpoint": "embeddings", "status": 400, "code": "invalid_request_error"}])
-    processor(store, make_embedder(), max_attempts=5).process_ids([item_id], 60)
+    # Refused as token ids and then as text: the input itself is refused, not its form.
+    server.enqueue_faults([{"endpoint": "embeddings", "status": 400, "code": "invalid_request_error"}] * 2)
+    embedder = make_embedder()
+    processor(store, embedder, max_attempts=5).process_ids([item_id], 60)
 
     state = item_states(admin, [item_id])[item_id]
     assert (state["status"], state["attempts"]) == ("failed", 5)  # permanent: no attempts left
     assert "HTTP 400" in state["last_error"] and "invalid_request_error" in state["last_error"]
-    assert server.stats.embedding_attempts == 1 and sleep.waits == []
+    assert server.stats.embedding_attempts == 2 and sleep.waits == []
+    assert embedder.sends_token_ids  # the text was refused too: token ids stay
 
 
 def test_one_rejected_packed_request_is_retried_item_by_item(
@@ -392,12 +435,14 @@ def test_one_rejected_packed_request_is_retried_item_by_item(
     rng = random.Random(11)
     tag = uuid.uuid4().hex[:8]
     ids = insert_items(admin, client_id, [document(rng, 2, 60, f"{tag}-{n}") for n in range(3)])
-    server.enqueue_faults([{"endpoint": "embeddings", "status": 400, "code": "invalid_request_error"}])
+    # The packed request is refused as token ids, then as text.
+    server.enqueue_faults([{"endpoint": "embeddings", "status": 400, "code": "invalid_request_error"}] * 2)
 
     report = processor(store, make_embedder()).process_ids(ids, 60)
 
     assert report.done_ids == set(ids)
-    assert server.stats.embedding_attempts == 1 + 3  # the packed request, then one per item
+    assert server.stats.embedding_attempts == 2 + 3  # the packed request twice, then one per item
+    assert server.stats.embedding_token_id_inputs == server.stats.embedding_inputs  # still as ids
     for item_id in ids:
         assert_exact_chunk_set(admin, item_id)
 

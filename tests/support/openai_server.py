@@ -236,6 +236,7 @@ class ServerStats:
     embedding_requests: int = 0  # embedding requests answered with vectors
     embedding_inputs: int = 0
     embedding_tokens: int = 0  # exact cl100k tokens over answered embedding requests
+    embedding_token_id_inputs: int = 0  # answered inputs that came as token ids (nothing to tokenise)
     embedding_batches: list[tuple[int, int]] = field(default_factory=list)  # (inputs, tokens) per request
     chat_attempts: int = 0
     chat_requests: int = 0  # chat completions answered
@@ -269,6 +270,7 @@ class _Limits:
     max_input_tokens: int
     max_request_tokens: int
     chat_context_tokens: int
+    token_ids: bool  # whether inputs may be arrays of token ids, as OpenAI's API allows
 
 
 @dataclass(frozen=True)
@@ -340,10 +342,11 @@ class _State:
             with self.lock:
                 self.stats.in_flight -= 1
 
-    def record_embeddings(self, inputs: int, tokens: int) -> None:
+    def record_embeddings(self, inputs: int, tokens: int, token_id_inputs: int) -> None:
         with self.lock:
             self.stats.embedding_requests += 1
             self.stats.embedding_inputs += inputs
+            self.stats.embedding_token_id_inputs += token_id_inputs
             self.stats.embedding_tokens += tokens
             self.stats.embedding_batches.append((inputs, tokens))
 
@@ -550,6 +553,9 @@ def _answer_embeddings(state: _State, payload: dict[str, Any]) -> _Response:
     dimensions = _dimensions(payload, model)
     encoding_format = _encoding_format(payload)
     items = _parse_inputs(payload.get("input"), state.limits.max_inputs)
+    token_id_inputs = sum(isinstance(item, list) for item in items)
+    if token_id_inputs and not state.limits.token_ids:
+        raise OpenAIError(400, _INVALID_INPUT)
     counts = _count_tokens(items)
     _check_token_limits(counts, state.limits)
     data = [
@@ -563,7 +569,7 @@ def _answer_embeddings(state: _State, payload: dict[str, Any]) -> _Response:
         for index, item in enumerate(items)
     ]
     total = sum(counts)
-    state.record_embeddings(len(items), total)
+    state.record_embeddings(len(items), total, token_id_inputs)
     body = {
         "object": "list",
         "data": data,
@@ -865,7 +871,8 @@ class OpenAIServer:
 
     ``latency_ms`` is slept in every ``/v1`` request (the simulated distance to OpenAI) and may be
     changed while running. ``api_key`` None accepts any non-empty bearer key. The limits default to
-    OpenAI's. Port 0 picks a free port; read it back from ``port`` or ``base_url``.
+    OpenAI's. Port 0 picks a free port; read it back from ``port`` or ``base_url``. ``token_ids``
+    False refuses inputs given as token ids (as some compatible servers do), with a 400.
     """
 
     def __init__(
@@ -879,8 +886,9 @@ class OpenAIServer:
         max_input_tokens: int = MAX_INPUT_TOKENS,
         max_request_tokens: int = MAX_REQUEST_TOKENS,
         chat_context_tokens: int = CHAT_CONTEXT_TOKENS,
+        token_ids: bool = True,
     ) -> None:
-        limits = _Limits(max_inputs, max_input_tokens, max_request_tokens, chat_context_tokens)
+        limits = _Limits(max_inputs, max_input_tokens, max_request_tokens, chat_context_tokens, token_ids)
         self._state = _State(latency_ms / 1000, limits, api_key)
         self._address = (host, port)
         self._httpd: _Server | None = None
