@@ -5,6 +5,7 @@ and Retry-After, or stop and report), without ever leaking the API key."""
 from __future__ import annotations
 
 import random
+import sys
 import time
 import traceback
 import uuid
@@ -162,6 +163,33 @@ def test_a_claim_goes_out_in_even_shares_not_a_large_tail(
     assert max(tokens) <= limit
     share = sum(tokens) / 3
     assert all(abs(t - share) < 0.15 * share for t in tokens), tokens  # greedy: 120k, 120k, ~10k
+
+
+# -- threads ------------------------------------------------------------------------------------
+
+
+def test_waiting_threads_get_the_interpreter_back_quickly(
+    admin: psycopg.Connection[Any],
+    client_id: uuid.UUID,
+    store: PostgresStore,
+    server: OpenAIServer,
+    make_embedder: EmbedderFactory,
+) -> None:
+    """HTTP reads and tokenizer calls give up the GIL; with another thread running Python, each
+    waits up to the switch interval to get it back (5 ms by default, ~0.5 s over one answer of
+    700 vectors read 64 KiB at a time)."""
+    import httpcore._sync.http11 as http11
+
+    make_embedder()
+    assert http11.HTTP11Connection.READ_NUM_BYTES >= 4 << 20  # a few reads per answer, not ~100
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(0.005)
+    try:
+        (item_id,) = insert_items(admin, client_id, ["A document processed with a short switch interval."])
+        assert processor(store, make_embedder()).process_ids([item_id], 60).done == 1
+        assert sys.getswitchinterval() <= 0.0005
+    finally:
+        sys.setswitchinterval(previous)
 
 
 # -- token ids ----------------------------------------------------------------------------------
