@@ -203,7 +203,9 @@ class OpenAIEmbedder:
         def run(group: range) -> None:
             tokens = sum(counts[i] for i in group)
             if token_ids is None or not self.sends_token_ids:
-                vectors = self._request([texts[i] for i in group], tokens)
+                vectors = self._request(
+                    json.dumps([texts[i] for i in group], ensure_ascii=False), len(group), tokens
+                )
             else:
                 vectors = self._request_ids([texts[i] for i in group], [token_ids[i] for i in group], tokens)
             for i, vector in zip(group, vectors, strict=True):
@@ -221,12 +223,12 @@ class OpenAIEmbedder:
         """Embed by token ids; if the request is refused as invalid (400 or 422) and the same
         texts are then accepted, by text (and by text from then on)."""
         try:
-            return self._request([list(i) for i in ids], tokens)
+            return self._request(_ids_json(ids), len(ids), tokens)
         except EmbeddingError as refused:
             if refused.status not in (400, 422):
                 raise
             try:
-                vectors = self._request(texts, tokens)
+                vectors = self._request(json.dumps(texts, ensure_ascii=False), len(texts), tokens)
             except EmbeddingError:
                 raise refused from None  # the input itself is refused, not its form
         from shared.logs import get_logger
@@ -238,17 +240,19 @@ class OpenAIEmbedder:
         )
         return vectors
 
-    def _request(self, inputs: list[str] | list[list[int]], tokens: int) -> list[array[float]]:
+    def _request(self, inputs_json: str, inputs: int, tokens: int) -> list[array[float]]:
+        """POST `inputs` inputs (`inputs_json`, a JSON array of texts or of token id arrays)."""
         import httpx
 
-        body: dict[str, Any] = {"model": self.model, "input": inputs, "encoding_format": "base64"}
+        fields: dict[str, Any] = {"model": self.model, "encoding_format": "base64"}
         if self.model.startswith("text-embedding-3"):
-            body["dimensions"] = self.dimensions
+            fields["dimensions"] = self.dimensions
+        body = f'{json.dumps(fields)[:-1]}, "input": {inputs_json}}}'.encode()
         last_problem = ""
         for attempt in range(self.retry.max_attempts):
             retry_after = None
             try:
-                response = self._client.post("embeddings", json=body)
+                response = self._client.post("embeddings", content=body, headers=_JSON)
             except httpx.TimeoutException:
                 last_problem = "the embeddings request timed out"
             except httpx.TransportError as exc:
@@ -256,11 +260,11 @@ class OpenAIEmbedder:
             else:
                 if response.status_code == 200:
                     try:
-                        vectors = self._parse(response.content, len(inputs))
+                        vectors = self._parse(response.content, inputs)
                     except EmbeddingError as exc:
                         last_problem = str(exc)
                     else:
-                        self._count(len(inputs), tokens, attempt)
+                        self._count(inputs, tokens, attempt)
                         return vectors
                 else:
                     last_problem, retry_after = self._classify(response)
@@ -311,6 +315,15 @@ class OpenAIEmbedder:
             self.stats.inputs += inputs
             self.stats.tokens += tokens
             self.stats.retries += retries
+
+
+_JSON = {"content-type": "application/json"}
+
+
+def _ids_json(ids: Sequence[Sequence[int]]) -> str:
+    """Token id arrays as a JSON array, written straight from each array's text form (a list of
+    ints prints as JSON): no Python list of every id of the request, no JSON encoder pass."""
+    return "[" + ",".join(str(i.tolist() if isinstance(i, array) else list(i)) for i in ids) + "]"
 
 
 RESPONSE_READ_BYTES = 4 << 20

@@ -209,7 +209,7 @@ def test_only_openais_cl100k_models_are_sent_token_ids() -> None:
 
 
 def test_a_server_refusing_token_ids_gets_text_from_then_on(sleep: RecordingSleep) -> None:
-    texts = ["A compatible server that only takes text.", "It answers the same texts as text."]
+    texts = ["A compatible server that only takes text.", "Ünïcödé — “quotes”, 漢字 and 🚀 as text."]
     ids = [get_encoding().encode_ordinary(t) for t in texts]
     counts = [len(i) for i in ids]
     with OpenAIServer(token_ids=False) as strict:
