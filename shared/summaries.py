@@ -15,6 +15,7 @@ import re
 import threading
 from collections import Counter
 from collections.abc import Sequence
+from itertools import chain
 from typing import Any, Protocol
 
 from shared.embeddings import DEFAULT_BASE_URL, RetryPolicy, _error_of, _retry_after_s
@@ -48,14 +49,19 @@ class Summarizer(Protocol):
         ...
 
 
-_SENTENCE_BREAK = re.compile(r"(?<=[.!?])[\"'\u201d\u2019)]?\s+(?=[\"'\u201c(]?[A-Z0-9])")
-# Markdown marks at the start of each line of a paragraph's lines joined by "\n" (no whitespace
-# match reaches across a line end), and emphasis marks anywhere.
-_MARKUP = re.compile(
-    r"^[^\S\n]{0,3}(#{1,6}[^\S\n]+|[-*+][^\S\n]+(\[[ xX]\][^\S\n]+)?|\d+[.)][^\S\n]+|>[^\S\n]?)"
-    r"|[*_`]{1,3}",
+# Within a paragraph's prose (whitespace already collapsed to single spaces) a sentence ends at
+# . ! or ? before a space and a capital or a digit (a closing quote or bracket after the mark is
+# dropped with the space); paragraphs are joined by "\n", which also ends a sentence.
+_SENTENCE_END = re.compile(r"[.!?](?:[\"'\u201d\u2019)]? (?=[\"'\u201c(]?[A-Z0-9])|(?=\n))|\n")
+# Markdown marks at the start of a line (lists, quotes, headings); emphasis marks (* _ `) are
+# deleted anywhere afterwards.
+_LINE_MARKUP = re.compile(
+    r"^[^\S\n]{0,3}(?:#{1,6}[^\S\n]+|[-*+][^\S\n]+(?:\[[ xX]\][^\S\n]+)?|\d+[.)][^\S\n]+|>[^\S\n]?)",
     re.M,
 )
+# A line that is dropped: a table row (any "|") or a heading. Its line break goes with it, so the
+# lines around it stay one paragraph.
+_DROPPED_LINE = re.compile(r"^(?:[^\S\n]*#[^\n]*|[^\n]*\|[^\n]*)(?:\n|\Z)", re.M)
 _WORD = re.compile(r"\w+", re.UNICODE)
 _PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
 _STOP = frozenset(
@@ -67,20 +73,27 @@ _STOP = frozenset(
 
 def _clean_sentences(text: str) -> list[tuple[str, list[str]]]:
     """Whole sentences of prose, each with its words lowercased: markdown marks removed, lines of
-    a paragraph joined, headings, table rows and fragments dropped."""
+    a paragraph joined, headings, table rows and fragments dropped. Each step is one pass over
+    the whole text in C (regex or str method), not a Python loop per paragraph or line."""
+    text = "\n".join(text.splitlines())  # every line break as "\n"
+    paragraphs = _PARAGRAPH_BREAK.split(text)
+    text = "\n\n".join(p for p in paragraphs if p.strip())  # no blank lines inside a paragraph
+    text = _LINE_MARKUP.sub("", _DROPPED_LINE.sub("", text))
+    text = text.replace("*", "").replace("_", "").replace("`", "")  # str.translate: 10x slower
+    prose = "\n".join(" ".join(p.split()) for p in _PARAGRAPH_BREAK.split(text))
     sentences = []
-    for paragraph in _PARAGRAPH_BREAK.split(text):
-        lines = [
-            line
-            for line in paragraph.splitlines()
-            if line.strip() and "|" not in line and not line.lstrip().startswith("#")
-        ]
-        prose = " ".join(_MARKUP.sub("", "\n".join(lines)).split())
-        for sentence in _SENTENCE_BREAK.split(prose):
-            if sentence[-1:] in ".!?":
-                words = _WORD.findall(sentence.lower())
-                if len(words) >= 6:
-                    sentences.append((sentence, words))
+    start = 0
+    for match in _SENTENCE_END.finditer(prose):
+        end = match.start() + (match.group() != "\n")  # keep the mark, drop what follows it
+        if end > start and prose[end - 1] in ".!?":
+            words = _WORD.findall(prose[start:end].lower())
+            if len(words) >= 6:
+                sentences.append((prose[start:end], words))
+        start = match.end()
+    if start < len(prose) and prose[-1] in ".!?":
+        words = _WORD.findall(prose[start:].lower())
+        if len(words) >= 6:
+            sentences.append((prose[start:], words))
     return sentences
 
 
@@ -89,12 +102,11 @@ def extract_summary(text: str, max_words: int = SUMMARY_WORDS) -> str:
     sentences = _clean_sentences(text)
     if not sentences:
         return " ".join(text.split()[:max_words])
-    # Each sentence's words are found once; counting and scoring reuse them.
-    content = [[w for w in words if w not in _STOP] for _, words in sentences]
-    frequency = Counter(w for words in content for w in words)
+    # Each sentence's words are found once; counting (stop words too: they are never looked up)
+    # and scoring reuse them.
+    frequency = Counter(chain.from_iterable(words for _, words in sentences))
     scores = [
-        sum(frequency[w] for w in set(kept)) / (len(words) ** 0.5)
-        for kept, (_, words) in zip(content, sentences, strict=True)
+        sum(map(frequency.__getitem__, set(words) - _STOP)) / (len(words) ** 0.5) for _, words in sentences
     ]
     ranked = sorted(range(len(sentences)), key=lambda i: (-scores[i], i))
     chosen, total = [], 0
