@@ -10,7 +10,7 @@ A chunk's exact count is usually known without encoding it again: cl100k encodes
 its pre-tokenising pattern on its own, and where one atom ends with a line break and the next
 starts with a non-space character, no piece can span the junction or change at it (no
 alternative of the pattern looks behind, and a whitespace run that ends in a line break is one
-piece whatever follows it). Across such junctions the atoms' counts add up exactly; a chunk
+piece whatever follows it). Across such junctions the atoms' token ids join up exactly; a chunk
 with any other junction inside (between sentences or words) is encoded to verify it.
 
 Overlap (`overlap_tokens`) starts each chunk with up to that many tokens from the end of the
@@ -22,7 +22,6 @@ from __future__ import annotations
 import re
 from array import array
 from dataclasses import dataclass, field
-from itertools import chain
 
 from shared.tokens import get_encoding
 
@@ -52,7 +51,7 @@ class Chunk:
 class _Atom:
     start: int
     end: int
-    ids: list[int]
+    ids: array[int]  # 4 bytes per token: a long document's atoms stay small
     level: int  # boundary strength at the atom's end
 
     @property
@@ -86,7 +85,7 @@ def _hard_split(text: str, start: int, end: int, max_tokens: int) -> list[_Atom]
                 low = middle
             else:
                 high = middle - 1
-        atoms.append(_Atom(position, low, encoding.encode_ordinary(text[position:low]), HARD))
+        atoms.append(_Atom(position, low, array("I", encoding.encode_ordinary(text[position:low])), HARD))
         position = low
     atoms[-1].level = WORD
     return atoms
@@ -103,7 +102,7 @@ def _atoms(text: str, start: int, end: int, max_tokens: int, depth: int = 0) -> 
     spans = _pieces(text, start, end, pattern)
     # One encode call per span: encode_ordinary_batch would start a thread pool on every call.
     encode = get_encoding().encode_ordinary
-    encoded = [encode(text[a:b]) for a, b in spans]
+    encoded = [array("I", encode(text[a:b])) for a, b in spans]
     atoms: list[_Atom] = []
     for (a, b), ids in zip(spans, encoded, strict=True):
         if len(ids) <= max_tokens:
@@ -166,7 +165,11 @@ def _pack(text: str, atoms: list[_Atom], budget: int) -> list[tuple[int, int, ar
             last += 1
         cut = last - 1 if last == len(atoms) else _best_cut(atoms, first, last - 1, min_tokens)
         exact = all(_adds_up(text, atoms[i]) for i in range(first, cut))
-        ids = array("I", chain.from_iterable(a.ids for a in atoms[first : cut + 1])) if exact else None
+        ids = None
+        if exact:
+            ids = array("I")
+            for atom in atoms[first : cut + 1]:
+                ids.extend(atom.ids)
         spans.append((atoms[first].start, atoms[cut].end, ids))
         first = cut + 1
     return spans
