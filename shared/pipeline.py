@@ -16,7 +16,7 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,8 +48,6 @@ INDEX_AFTER_ITEM_S = 3.0  # what a webhook, queue or CLI item trigger spends on 
 # interpreter's switch interval (5 ms by default). 0.5 ms: measured on the benchmark's claims,
 # about +10% chunks/s, median of 9 sweeps each (1,091 against 1,006 with larger HTTP reads alone).
 SWITCH_INTERVAL_S = 0.0005
-
-_Text = tuple[str, int, Sequence[int]]  # a chunk text, its token count and its token ids
 
 
 @dataclass
@@ -292,7 +290,7 @@ class Processor:
         self,
         prepared: list[_Prepared],
         vectors: dict[str, Any],
-        texts: dict[str, _Text],
+        texts: dict[str, Chunk],
         report: ProcessingReport,
     ) -> dict[uuid.UUID, EmbeddingError]:
         """Embed item by item; after two transient failures in a row (an outage, not one bad
@@ -318,17 +316,19 @@ class Processor:
         self,
         vectors: dict[str, Any],
         hashes: list[str],
-        texts: dict[str, _Text],
+        texts: dict[str, Chunk],
         report: ProcessingReport,
     ) -> None:
         if not hashes:
             return
         embedded = self.embedder.embed(
-            [texts[h][0] for h in hashes], [texts[h][1] for h in hashes], [texts[h][2] for h in hashes]
+            [texts[h].text for h in hashes],
+            [texts[h].token_count for h in hashes],
+            [texts[h].token_ids for h in hashes],
         )
         vectors.update(zip(hashes, embedded, strict=True))
         report.embedded_chunks += len(hashes)
-        report.embedded_tokens += sum(texts[h][1] for h in hashes)
+        report.embedded_tokens += sum(texts[h].token_count for h in hashes)
 
     def _summarize_all(self, prepared: list[_Prepared]) -> dict[uuid.UUID, str | SummaryError]:
         """Each item's summary, or the error that prevented it (several calls at a time)."""
@@ -453,7 +453,7 @@ class _EmbeddingFeed:
     def __init__(self, processor: Processor, report: ProcessingReport, claim_chars: int) -> None:
         self.processor = processor
         self.report = report
-        self.texts: dict[str, _Text] = {}  # every distinct chunk hash
+        self.texts: dict[str, Chunk] = {}  # a chunk of every distinct text, by its hash
         self.vectors: dict[str, Any] = {}
         self.error: EmbeddingError | None = None
         embedder = processor.embedder
@@ -483,7 +483,7 @@ class _EmbeddingFeed:
     def add(self, prepared: _Prepared) -> None:
         for chunk, digest in zip(prepared.chunks, prepared.hashes, strict=True):
             if digest not in self.texts:
-                self.texts[digest] = (chunk.text, chunk.token_count, chunk.token_ids)
+                self.texts[digest] = chunk
                 self._unlooked.append(digest)
         self._chars_added += len(prepared.item.content)
         if len(self._unlooked) >= self.LOOKUP_BATCH:
@@ -502,7 +502,7 @@ class _EmbeddingFeed:
                 continue
             self.vectors.update(zip(hashes, vectors, strict=True))
             self.report.embedded_chunks += len(hashes)
-            self.report.embedded_tokens += sum(self.texts[h][1] for h in hashes)
+            self.report.embedded_tokens += sum(self.texts[h].token_count for h in hashes)
         self._sent = []
         return self.vectors, self.error
 
@@ -518,10 +518,10 @@ class _EmbeddingFeed:
             self.report.reused_chunks += len(found)
         missing = [h for h in hashes if h not in self.vectors]
         self._chars_looked_up = self._chars_added
-        self._wanted_tokens += sum(self.texts[h][1] for h in missing)
+        self._wanted_tokens += sum(self.texts[h].token_count for h in missing)
         self._wanted_inputs += len(missing)
         for digest in missing:
-            tokens = self.texts[digest][1]
+            tokens = self.texts[digest].token_count
             if self._overflows(tokens):
                 self._send_shares()
                 if self._overflows(tokens):
@@ -550,7 +550,7 @@ class _EmbeddingFeed:
             token_share, input_share = tokens_left / requests_left, inputs_left / requests_left
             count, taken = 0, 0
             while count < len(self._pack) and taken < token_share and count < input_share:
-                taken += self.texts[self._pack[count]][1]
+                taken += self.texts[self._pack[count]].token_count
                 count += 1
             if taken < token_share and count < input_share:
                 return  # not a share yet
@@ -567,14 +567,14 @@ class _EmbeddingFeed:
 
     def _send(self, count: int) -> None:
         pack, self._pack = self._pack[:count], self._pack[count:]
-        tokens = [self.texts[h][1] for h in pack]
+        tokens = [self.texts[h].token_count for h in pack]
         self._pack_tokens -= sum(tokens)
         self._sent_tokens += sum(tokens)
         self._sent_inputs += len(pack)
         if self._pool is None or any(f.done() and f.exception() for _, f in self._sent):
             return  # embedded (or failed) by the pipeline afterwards
-        texts = [self.texts[h][0] for h in pack]
-        ids = [self.texts[h][2] for h in pack]
+        texts = [self.texts[h].text for h in pack]
+        ids = [self.texts[h].token_ids for h in pack]
         self._sent.append((pack, self._pool.submit(self.processor.embedder.embed, texts, tokens, ids)))
 
 
