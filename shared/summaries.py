@@ -64,6 +64,7 @@ _LINE_MARKUP = re.compile(
 _DROPPED_LINE = re.compile(r"^(?:[^\S\n]*#[^\n]*|[^\n]*\|[^\n]*)(?:\n|\Z)", re.M)
 _WORD = re.compile(r"\w+", re.UNICODE)
 _PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
+_PARAGRAPH_MARK = "\n\x1e\n"  # str.splitlines() breaks lines at \x1e, so no text line holds one
 _STOP = frozenset(
     "a an and are as at be by for from has have in is it its of on or that the this to was were will "
     "with we you your our not no can may must should if then than their there they them these those "
@@ -75,12 +76,14 @@ def _clean_sentences(text: str) -> list[tuple[str, list[str]]]:
     """Whole sentences of prose, each with its words lowercased: markdown marks removed, lines of
     a paragraph joined, headings, table rows and fragments dropped. Each step is one pass over
     the whole text in C (regex or str method), not a Python loop per paragraph or line."""
-    text = "\n".join(text.splitlines())  # every line break as "\n"
+    text = "\n".join(text.splitlines())  # every line break as "\n"; none of them is left a \x1e
     paragraphs = _PARAGRAPH_BREAK.split(text)
-    text = "\n\n".join(p for p in paragraphs if p.strip())  # no blank lines inside a paragraph
+    # Paragraphs are kept apart by a line of their own, so a line emptied below (a list marker
+    # alone) cannot make a new paragraph break.
+    text = _PARAGRAPH_MARK.join(p for p in paragraphs if p.strip())
     text = _LINE_MARKUP.sub("", _DROPPED_LINE.sub("", text))
     text = text.replace("*", "").replace("_", "").replace("`", "")  # str.translate: 10x slower
-    prose = "\n".join(" ".join(p.split()) for p in _PARAGRAPH_BREAK.split(text))
+    prose = "\n".join(" ".join(p.split()) for p in text.split(_PARAGRAPH_MARK))
     # (end of a sentence, start of the next): the mark is kept, what follows it dropped
     cuts = [(m.start() + (m.group() != "\n"), m.end()) for m in _SENTENCE_END.finditer(prose)]
     cuts.append((len(prose), len(prose)))
