@@ -11,6 +11,7 @@ Standard library only: nothing but the zip (and the overlay) is on the path.
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
 import importlib.util
 import json
 import sys
@@ -128,6 +129,25 @@ def _strays(roots: list[Path]) -> list[str]:
     return strays
 
 
+def _record_source_compiles() -> list[str]:
+    """The files the import system compiles from source from now on (a module whose bytecode it
+    found and trusted is not compiled, so is not listed)."""
+    compiled: list[str] = []
+    loader = importlib.machinery.SourceFileLoader
+    original = loader.source_to_code
+
+    def source_to_code(self: Any, data: Any, path: Any, *args: Any, **kwargs: Any) -> Any:
+        compiled.append(str(path))
+        return original(self, data, path, *args, **kwargs)
+
+    loader.source_to_code = source_to_code  # type: ignore[method-assign]
+    return compiled
+
+
+def _is_within(file: str | None, folder: Path) -> bool:
+    return bool(file) and Path(file).resolve().is_relative_to(folder.resolve())
+
+
 def main() -> int:
     function, unzipped, overlay, event_path = (
         sys.argv[1],
@@ -136,6 +156,7 @@ def main() -> int:
         Path(sys.argv[4]),
     )
     report: dict[str, Any] = {"function": function, "python": sys.version.split()[0]}
+    compiled = _record_source_compiles()
     try:
         handler_module = importlib.import_module("main")
         assert Path(handler_module.__file__).parent.resolve() == unzipped.resolve(), handler_module.__file__
@@ -148,6 +169,9 @@ def main() -> int:
         assert not present, f"importable but must not be: {present}"
         strays = _strays([unzipped, overlay])
         assert not strays, f"modules loaded from outside the zip: {strays}"
+        in_zip = [m for m in sys.modules.values() if _is_within(getattr(m, "__file__", None), unzipped)]
+        report["source_modules_from_zip"] = sum(1 for m in in_zip if m.__file__.endswith(".py"))
+        report["compiled_in_zip"] = sorted(f for f in compiled if _is_within(f, unzipped))
         report["overlay_modules"] = sorted(
             name
             for name, module in sys.modules.items()
