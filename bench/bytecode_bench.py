@@ -162,8 +162,9 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     tool = ROOT / "infra" / "serverless" / "bytecode.py"
     python = _load(tool, "nexus_bytecode").find_interpreter(RUNTIME_PYTHON)
-    if python is None:
-        raise SystemExit(f"This bench needs Python {RUNTIME_PYTHON} (the Lambda runtime's); none found.")
+    if python is None:  # not a failure of the code under test: say so and measure nothing
+        print(f"skipped: this bench needs Python {RUNTIME_PYTHON} (the Lambda runtime's); none found.")
+        return 0
     lazy_imports = _load(ROOT / "tests" / "packaging" / "zip_smoke.py", "zip_smoke").LAZY_IMPORTS
     results: dict[str, Any] = {
         "date_utc": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),

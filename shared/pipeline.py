@@ -17,7 +17,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +35,15 @@ from shared.summaries import Summarizer, SummaryError
 
 LEASE_MARGIN_S = 30.0  # a lease outlives its invocation by this much, no more
 SWEEP_RESERVE_S = 5.0  # stop claiming when less than this is left
+# A claim must be stored before its invocation ends, or everything paid for it (embeddings,
+# summaries) is lost and paid again by whoever reclaims it. So summaries stop starting this long
+# before the end (items left unsummarised go back to the queue, no attempt counted), and a sweep
+# sizes each claim to take at most CLAIM_TIME_SHARE of the time left, from what its previous
+# claims took per item and per character; before any is measured, a remote summariser is assumed
+# to take REMOTE_SUMMARY_S per call (gpt-4o-mini writing ~120 words), the local one nothing.
+FINISH_RESERVE_S = 10.0
+CLAIM_TIME_SHARE = 0.6
+REMOTE_SUMMARY_S = 3.0
 MAX_CLAIM_ITEMS = 2000
 FIND_BATCH = 1000
 CHARS_PER_TOKEN = 4
@@ -63,6 +72,7 @@ class ProcessingReport:
     embedded_chunks: int = 0
     embedded_tokens: int = 0
     indexed_chunks: int = 0
+    released: int = 0  # claimed, then given back unprocessed (no attempt counted): time ran out
     done_ids: set[uuid.UUID] = field(default_factory=set)
     failed_ids: set[uuid.UUID] = field(default_factory=set)
 
@@ -77,6 +87,7 @@ class ProcessingReport:
             "embedded_chunks",
             "embedded_tokens",
             "indexed_chunks",
+            "released",
         ):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.done_ids |= other.done_ids
@@ -93,6 +104,7 @@ class ProcessingReport:
             "embedded_chunks": self.embedded_chunks,
             "embedded_tokens": self.embedded_tokens,
             "indexed_chunks": self.indexed_chunks,
+            "released": self.released,
         }
 
 
@@ -143,6 +155,9 @@ class Processor:
         self.worker = worker or new_worker_id()
         self.progress = progress
         self.logger = get_logger()
+        # Measured by the sweep: seconds a claim took per item and per character of content.
+        self._seconds_per_item: float | None = None
+        self._seconds_per_char: float | None = None
 
     def for_worker(self, worker: str) -> Processor:
         """The same processor (same store, embedder, summariser) acting as another worker."""
@@ -165,7 +180,7 @@ class Processor:
         claimed = self.store.claim_items(
             self.worker, remaining() + LEASE_MARGIN_S, len(ids), self.max_attempts, item_ids=ids
         )
-        report = self.process_claimed(claimed)
+        report = self.process_claimed(claimed, remaining)
         if report.done:
             report.indexed_chunks += self.index_pending(remaining, budget_s=INDEX_AFTER_ITEM_S)
         return report
@@ -178,21 +193,46 @@ class Processor:
         """
         report = ProcessingReport()
         while remaining_s() > SWEEP_RESERVE_S:
+            max_items, max_chars = self.claim_size(remaining_s())
+            if max_items < 1:
+                break
             claimed = self.store.claim_items(
                 self.worker,
                 remaining_s() + LEASE_MARGIN_S,
-                MAX_CLAIM_ITEMS,
+                max_items,
                 self.max_attempts,
-                max_chars=self.batch_chars,
+                max_chars=max_chars,
             )
             if not claimed:
                 break
-            report.merge(self.process_claimed(claimed))
+            started = time.monotonic()
+            report.merge(self.process_claimed(claimed, remaining_s))
+            elapsed = time.monotonic() - started
+            self._seconds_per_item = elapsed / len(claimed)
+            self._seconds_per_char = elapsed / max(sum(len(item.content) for item in claimed), 1)
         if remaining_s() > SWEEP_RESERVE_S:
             # Folds a crash or a failed fold left behind (items stored, client summary not updated).
-            self._fold_clients(set(self.store.clients_with_summary_backlog()))
+            self._fold_clients(set(self.store.clients_with_summary_backlog()), remaining_s)
         report.indexed_chunks += self.index_pending(remaining_s)
         return report
+
+    def claim_size(self, remaining_s: float) -> tuple[int, int]:
+        """(items, characters) a sweep may claim with `remaining_s` left: a claim should take at
+        most CLAIM_TIME_SHARE of the time left after the reserves, judged by what earlier claims
+        took per item and per character (each alone, so both bounds are cautious). (0, 0) means
+        there is no time for another claim."""
+        budget_s = (remaining_s - SWEEP_RESERVE_S - FINISH_RESERVE_S) * CLAIM_TIME_SHARE
+        if budget_s <= 0:
+            return 0, 0
+        items, chars = MAX_CLAIM_ITEMS, self.batch_chars
+        per_item = self._seconds_per_item
+        if per_item is None and not _is_local(self.summarizer):
+            per_item = REMOTE_SUMMARY_S / self.summary_concurrency
+        if per_item:
+            items = min(items, int(budget_s / per_item))
+        if self._seconds_per_char:
+            chars = min(chars, max(int(budget_s / self._seconds_per_char), 1))
+        return items, chars
 
     def index_pending(self, remaining_s: Callable[[], float], budget_s: float | None = None) -> int:
         """Move stored chunks into the vector index until none are waiting, `budget_s` is spent,
@@ -223,9 +263,14 @@ class Processor:
 
     # -- the pipeline -------------------------------------------------------------------------
 
-    def process_claimed(self, items: list[ClaimedItem]) -> ProcessingReport:
+    def process_claimed(
+        self, items: list[ClaimedItem], remaining_s: Callable[[], float] | None = None
+    ) -> ProcessingReport:
         """Process items this worker has claimed. Never raises for an item's failure: it is
-        recorded on the item (last_error, attempts) and reported in `failed_ids`."""
+        recorded on the item (last_error, attempts) and reported in `failed_ids`. With
+        `remaining_s` (the invocation's time left), no summary starts once FINISH_RESERVE_S is
+        all that is left: the items still without one are released (`released` in the report)
+        and the rest are stored in time."""
         report = ProcessingReport(claimed=len(items))
         if not items:
             return report
@@ -241,13 +286,20 @@ class Processor:
                 prepared.append(p)
                 feed.add(p)
             with ThreadPoolExecutor(max_workers=1) as background:
-                summarizing = background.submit(self._summarize_all, prepared)
+                summarizing = background.submit(self._summarize_all, prepared, remaining_s)
                 vectors, failures = self._embeddings(prepared, feed, report)
                 outcomes = summarizing.result()
         for p in prepared:
             if p.item.id in failures:
                 self._fail(p.item, failures[p.item.id], report)
         prepared = [p for p in prepared if p.item.id not in failures]
+        unsummarised = [p.item.id for p in prepared if outcomes[p.item.id] is None]
+        if unsummarised:
+            report.released += self.store.release_items(unsummarised, self.worker)
+            self.logger.warning(
+                "claimed items given back: no time left to summarise them",
+                extra={"items": len(unsummarised), "claimed": len(items)},
+            )
         summaries = self._summaries(prepared, outcomes, report)
         completed = [
             self._completed(p, vectors, summaries[p.item.id]) for p in prepared if p.item.id in summaries
@@ -255,7 +307,7 @@ class Processor:
         stored = self.store.complete_items(self.worker, completed)
         for c in completed:
             self._record_completion(c, stored, report)
-        self._fold_clients({c.item.client_id for c in completed if c.item.id in stored})
+        self._fold_clients({c.item.client_id for c in completed if c.item.id in stored}, remaining_s)
         return report
 
     def _chunk(self, item: ClaimedItem) -> _Prepared:
@@ -330,8 +382,12 @@ class Processor:
         report.embedded_chunks += len(hashes)
         report.embedded_tokens += sum(texts[h].token_count for h in hashes)
 
-    def _summarize_all(self, prepared: list[_Prepared]) -> dict[uuid.UUID, str | SummaryError]:
-        """Each item's summary, or the error that prevented it (several calls at a time)."""
+    def _summarize_all(
+        self, prepared: list[_Prepared], remaining_s: Callable[[], float] | None
+    ) -> dict[uuid.UUID, str | SummaryError | None]:
+        """Each item's summary, the error that prevented it, or None when it was not made before
+        FINISH_RESERVE_S of `remaining_s` was left (several calls at a time for a remote summariser;
+        a call still running then is not waited for, and its answer is dropped)."""
 
         def summarize(p: _Prepared) -> str | SummaryError:
             try:
@@ -340,26 +396,35 @@ class Processor:
             except SummaryError as exc:
                 return exc
 
+        def time_left_s() -> float:
+            return math.inf if remaining_s is None else remaining_s() - FINISH_RESERVE_S
+
+        results: list[str | SummaryError | None]
         if self.summary_concurrency > 1 and len(prepared) > 1 and not _is_local(self.summarizer):
-            with ThreadPoolExecutor(max_workers=self.summary_concurrency) as pool:
-                results = list(pool.map(summarize, prepared))
+            pool = ThreadPoolExecutor(max_workers=self.summary_concurrency)
+            futures = [pool.submit(summarize, p) for p in prepared]
+            left = time_left_s()
+            wait(futures, timeout=None if left == math.inf else max(left, 0.0))
+            pool.shutdown(wait=False, cancel_futures=True)
+            results = [f.result() if f.done() and not f.cancelled() else None for f in futures]
         else:
-            results = [summarize(p) for p in prepared]
+            results = [summarize(p) if time_left_s() > 0 else None for p in prepared]
         return {p.item.id: outcome for p, outcome in zip(prepared, results, strict=True)}
 
     def _summaries(
         self,
         prepared: list[_Prepared],
-        outcomes: dict[uuid.UUID, str | SummaryError],
+        outcomes: dict[uuid.UUID, str | SummaryError | None],
         report: ProcessingReport,
     ) -> dict[uuid.UUID, str]:
-        """The summaries of the items still in play; a failed summary fails its item."""
+        """The summaries of the items still in play; a failed summary fails its item (one never
+        made, None, was released by the caller)."""
         summaries: dict[uuid.UUID, str] = {}
         for p in prepared:
             outcome = outcomes[p.item.id]
             if isinstance(outcome, SummaryError):
                 self._fail(p.item, outcome, report)
-            else:
+            elif outcome is not None:
                 summaries[p.item.id] = outcome
         return summaries
 
@@ -418,10 +483,16 @@ class Processor:
         if self.progress is not None:
             self.progress(1)
 
-    def _fold_clients(self, client_ids: set[uuid.UUID]) -> None:
+    def _fold_clients(
+        self, client_ids: set[uuid.UUID], remaining_s: Callable[[], float] | None = None
+    ) -> None:
+        """Fold each client's new item summaries; with `remaining_s`, no fold round starts with
+        less than SWEEP_RESERVE_S left (the backlog stays for the next run)."""
         for client_id in sorted(client_ids):
+            if remaining_s is not None and remaining_s() < SWEEP_RESERVE_S:
+                break
             try:
-                fold_client_summary(self.store, self.summarizer, client_id)
+                fold_client_summary(self.store, self.summarizer, client_id, remaining_s=remaining_s)
             except SummaryError as exc:  # the backlog stays; the next run for this client folds it
                 self.logger.warning(
                     "client summary not updated", extra={"client_id": str(client_id), "error": str(exc)}
@@ -594,14 +665,21 @@ MAX_FOLD_ROUNDS = 40  # x the summariser's fold_batch items a round: a large bat
 
 
 def fold_client_summary(
-    store: Store, summarizer: Summarizer, client_id: uuid.UUID, attempts: int = 3
+    store: Store,
+    summarizer: Summarizer,
+    client_id: uuid.UUID,
+    attempts: int = 3,
+    remaining_s: Callable[[], float] | None = None,
 ) -> bool:
     """Fold the client's not-yet-folded item summaries into its summary, `fold_batch` at a time until none
-    are left. Optimistic: a round that loses a race is redone from the newer summary (at most
-    `attempts` losses). Returns whether anything was saved."""
+    are left (or, with `remaining_s`, until less than SWEEP_RESERVE_S is left: each round is saved on
+    its own, so stopping loses nothing). Optimistic: a round that loses a race is redone from the newer
+    summary (at most `attempts` losses). Returns whether anything was saved."""
     saved = False
     losses = 0
     for _ in range(MAX_FOLD_ROUNDS):
+        if remaining_s is not None and remaining_s() < SWEEP_RESERVE_S:
+            break
         backlog = store.client_summary_backlog(client_id, getattr(summarizer, "fold_batch", 50))
         items = backlog.get("items") or []
         if not items:

@@ -1,0 +1,120 @@
+"""Processing finishes inside its invocation: summaries stop in time and claims are sized to the
+time left, so a claim is stored instead of being killed with everything paid for it.
+
+Real Postgres (a database of the test's own), the OpenAI summariser over real HTTP against the
+local OpenAI-compatible server with a per-request latency, the local embedder. The invocation's
+time left is a countdown on the real clock, as Lambda's context gives it.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from shared.embeddings import LocalEmbedder
+from shared.pipeline import (
+    CLAIM_TIME_SHARE,
+    FINISH_RESERVE_S,
+    MAX_CLAIM_ITEMS,
+    REMOTE_SUMMARY_S,
+    SWEEP_RESERVE_S,
+    Processor,
+)
+from shared.store import PostgresStore
+from shared.summaries import LocalSummarizer, OpenAISummarizer
+from tests.support.openai_server import OpenAIServer
+from tests.support.process_helpers import assert_exact_chunk_set, document, insert_items, item_states
+
+CHAT_LATENCY_S = 0.3
+
+
+@pytest.fixture(scope="module")
+def slow_chat() -> Iterator[OpenAIServer]:
+    with OpenAIServer(latency_ms=CHAT_LATENCY_S * 1000) as server:
+        yield server
+
+
+@pytest.fixture
+def summarizer(slow_chat: OpenAIServer) -> Iterator[OpenAISummarizer]:
+    slow_chat.reset()
+    made = OpenAISummarizer("sk-test-time", base_url=slow_chat.base_url)
+    yield made
+    made.close()
+
+
+def countdown(seconds: float) -> Callable[[], float]:
+    """The invocation's time left, on the real clock."""
+    deadline = time.monotonic() + seconds
+    return lambda: deadline - time.monotonic()
+
+
+def _items(db: psycopg.Connection[Any], client_id: uuid.UUID, count: int) -> list[uuid.UUID]:
+    rng = random.Random(count)
+    return insert_items(db, client_id, [document(rng, 2, 60, f"timed {i}") for i in range(count)])
+
+
+def test_summaries_stop_in_time_and_the_rest_go_back_uncounted(
+    db: psycopg.Connection[Any], db_client: uuid.UUID, db_store: PostgresStore, summarizer: OpenAISummarizer
+) -> None:
+    ids = _items(db, db_client, 60)
+    processor = Processor(db_store, LocalEmbedder(), summarizer, summary_concurrency=2)
+    # 60 summaries at 0.3 s, two at a time, take ~9 s; the invocation has 1.5 s for them.
+    remaining = countdown(FINISH_RESERVE_S + 1.5)
+    claimed = db_store.claim_items(processor.worker, remaining() + 30, 100, 5, item_ids=ids)
+    report = processor.process_claimed(claimed, remaining)
+
+    assert remaining() > FINISH_RESERVE_S - 2.0, "stored well before the invocation's end"
+    assert 0 < report.done < 60 and report.failed == 0
+    assert report.released == 60 - report.done
+    states = item_states(db, ids)
+    released = [i for i in ids if i not in report.done_ids]
+    for item_id in released:  # back in the queue as if never claimed: no attempt counted
+        assert (states[item_id]["status"], states[item_id]["attempts"]) == ("pending", 0)
+        assert states[item_id]["lease_owner"] is None
+    for item_id in report.done_ids:
+        assert_exact_chunk_set(db, item_id)
+
+    later = Processor(db_store, LocalEmbedder(), summarizer, summary_concurrency=8)
+    assert later.process_ids(released, 120).done == len(released)
+    for item_id in ids:
+        assert_exact_chunk_set(db, item_id)
+    assert {s["attempts"] for s in item_states(db, ids).values()} == {1}
+
+
+def test_a_sweep_sizes_its_claims_so_each_is_stored_in_time(
+    db: psycopg.Connection[Any], db_client: uuid.UUID, db_store: PostgresStore, summarizer: OpenAISummarizer
+) -> None:
+    ids = _items(db, db_client, 120)
+    processor = Processor(db_store, LocalEmbedder(), summarizer, summary_concurrency=2)
+    # All 120 in one claim would need ~18 s of summaries; the claims get about 6 s in all.
+    remaining = countdown(SWEEP_RESERVE_S + FINISH_RESERVE_S + 4.0 / CLAIM_TIME_SHARE)
+    report = processor.sweep(remaining)
+
+    assert report.released == 0 and report.failed == 0, report.as_dict()
+    assert 0 < report.done < 120
+    assert remaining() > SWEEP_RESERVE_S
+    for item_id in report.done_ids:
+        assert_exact_chunk_set(db, item_id)
+    pending = [i for i, s in item_states(db, ids).items() if s["status"] == "pending"]
+    assert len(pending) == 120 - report.done  # never claimed: nothing was paid for them
+
+
+def test_claim_size_follows_the_summariser_and_what_earlier_claims_took(
+    db_store: PostgresStore, summarizer: OpenAISummarizer
+) -> None:
+    local = Processor(db_store, LocalEmbedder(), LocalSummarizer())
+    assert local.claim_size(300) == (MAX_CLAIM_ITEMS, local.batch_chars)
+    assert local.claim_size(SWEEP_RESERVE_S + FINISH_RESERVE_S) == (0, 0)
+
+    remote = Processor(db_store, LocalEmbedder(), summarizer, summary_concurrency=8)
+    budget_s = (300 - SWEEP_RESERVE_S - FINISH_RESERVE_S) * CLAIM_TIME_SHARE
+    assert remote.claim_size(300) == (int(budget_s / (REMOTE_SUMMARY_S / 8)), remote.batch_chars)
+
+    remote._seconds_per_item, remote._seconds_per_char = 2.0, 0.001  # as a sweep measures them
+    assert remote.claim_size(300) == (int(budget_s / 2.0), int(budget_s / 0.001))
