@@ -75,6 +75,7 @@ class ProcessingReport:
     released: int = 0  # claimed, then given back unprocessed (no attempt counted): time ran out
     done_ids: set[uuid.UUID] = field(default_factory=set)
     failed_ids: set[uuid.UUID] = field(default_factory=set)
+    released_ids: set[uuid.UUID] = field(default_factory=set)
 
     def merge(self, other: ProcessingReport) -> None:
         for name in (
@@ -92,6 +93,7 @@ class ProcessingReport:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.done_ids |= other.done_ids
         self.failed_ids |= other.failed_ids
+        self.released_ids |= other.released_ids
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -296,6 +298,7 @@ class Processor:
         unsummarised = [p.item.id for p in prepared if outcomes[p.item.id] is None]
         if unsummarised:
             report.released += self.store.release_items(unsummarised, self.worker)
+            report.released_ids.update(unsummarised)
             self.logger.warning(
                 "claimed items given back: no time left to summarise them",
                 extra={"items": len(unsummarised), "claimed": len(items)},

@@ -147,7 +147,7 @@ class ProcessService:
         if item_id in report.failed_ids:
             # Raising makes Pub/Sub redeliver with its own backoff.
             raise NexusError(f"Processing knowledge item {item_id} failed; it will be retried.")
-        return {"status": "done" if item_id in report.done_ids else "skipped", **report.as_dict()}
+        return {"status": _item_status(item_id, report), **report.as_dict()}
 
 
 def _item_response(item_id: uuid.UUID, report: ProcessingReport) -> HttpResponse:
@@ -155,5 +155,13 @@ def _item_response(item_id: uuid.UUID, report: ProcessingReport) -> HttpResponse
         return ProblemError(
             502, f"Processing knowledge item {item_id} failed; it is recorded and the sweep will retry it."
         ).to_response()
-    status = "done" if item_id in report.done_ids else "skipped"
+    status = _item_status(item_id, report)
     return HttpResponse.json(200, {"knowledge_item_id": str(item_id), "status": status, **report.as_dict()})
+
+
+def _item_status(item_id: uuid.UUID, report: ProcessingReport) -> str:
+    """done; released (time ran out before its summary: back in the queue for the sweep); or
+    skipped (already done, or leased by another worker)."""
+    if item_id in report.done_ids:
+        return "done"
+    return "released" if item_id in report.released_ids else "skipped"

@@ -270,3 +270,28 @@ def test_one_sweep_folds_every_item_into_the_client_summary(
         (client_id,),
     ).fetchone()
     assert row == {"item_count": 120, "unfolded": 0}
+
+
+def test_webhook_with_no_time_left_to_summarise_releases_the_item(
+    process: Any, admin: Any, client_id: uuid.UUID
+) -> None:
+    from shared.pipeline import FINISH_RESERVE_S
+
+    item_id = new_item(admin, client_id)
+
+    class Context:  # an invocation near its end: less than the reserve for storing is left
+        aws_request_id = "req-late"
+
+        @staticmethod
+        def get_remaining_time_in_millis() -> int:
+            return int((FINISH_RESERVE_S - 1) * 1000)
+
+    result = process.handler(webhook_event(insert_body(item_id, client_id)), Context())
+    body = json.loads(result["body"])
+    assert result["statusCode"] == 200
+    assert (body["status"], body["released"], body["done"]) == ("released", 1, 0)
+    state = item_state(admin, item_id)
+    assert (state["status"], state["attempts"], state["chunks"]) == ("pending", 0, 0)
+    status, body = call(process, webhook_event(insert_body(item_id, client_id)))  # time enough now
+    assert status == 200 and body["status"] == "done"
+    assert item_state(admin, item_id)["attempts"] == 1
