@@ -44,6 +44,7 @@ ENV_VARS: dict[str, str] = {
     "NEXUS_HOME": "home",
     "NEXUS_RETRY_BASE_SECONDS": "retry_base_s",
     "NEXUS_EMBEDDING_CONCURRENCY": "embedding_concurrency",
+    "NEXUS_SUMMARY_CONCURRENCY": "summary_concurrency",
     "NEXUS_BATCH_TOKENS": "batch_tokens",
 }
 _FIELD_TO_ENV = {field: env for env, field in ENV_VARS.items()}
@@ -80,6 +81,8 @@ class Settings(BaseModel):
     home: str = ".nexus"
     retry_base_s: float = Field(default=30.0, ge=0)
     embedding_concurrency: int = Field(default=4, ge=1, le=64)
+    # Item summaries in flight at once (a remote summariser; the local one runs one at a time).
+    summary_concurrency: int = Field(default=8, ge=1, le=64)
     # Work claimed per batch: enough for several full embedding requests in flight at once.
     batch_tokens: int = Field(default=1_200_000, ge=1000)
 

@@ -715,5 +715,6 @@ def processor_from_settings(settings: Any, store: Store | None = None, **kwargs:
         max_attempts=settings.max_attempts,
         retry_base_s=settings.retry_base_s,
         batch_tokens=settings.batch_tokens,
+        summary_concurrency=settings.summary_concurrency,
         **kwargs,
     )

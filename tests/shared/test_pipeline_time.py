@@ -118,3 +118,32 @@ def test_claim_size_follows_the_summariser_and_what_earlier_claims_took(
 
     remote._seconds_per_item, remote._seconds_per_char = 2.0, 0.001  # as a sweep measures them
     assert remote.claim_size(300) == (int(budget_s / 2.0), int(budget_s / 0.001))
+
+
+def test_summary_concurrency_is_a_setting(
+    db: psycopg.Connection[Any],
+    db_client: uuid.UUID,
+    db_url: str,
+    db_store: PostgresStore,
+    slow_chat: OpenAIServer,
+) -> None:
+    from shared.config import load_settings
+    from shared.errors import ConfigError
+    from shared.pipeline import processor_from_settings
+
+    environ = {
+        "DATABASE_URL": db_url,
+        "NEXUS_EMBEDDING_PROVIDER": "local",
+        "OPENAI_API_KEY": "sk-test-time",
+        "OPENAI_BASE_URL": slow_chat.base_url,
+        "NEXUS_SUMMARY_CONCURRENCY": "12",
+    }
+    processor = processor_from_settings(load_settings(environ), store=db_store)
+    assert processor.summary_concurrency == 12
+    slow_chat.reset()
+    ids = _items(db, db_client, 24)
+    assert processor.process_ids(ids, 120).done == 24
+    assert slow_chat.stats.max_in_flight == 12  # 24 summaries at 0.3 s: two rounds of 12
+
+    with pytest.raises(ConfigError, match=r"^NEXUS_SUMMARY_CONCURRENCY is invalid: .*\(got '0'\)\.$"):
+        load_settings({**environ, "NEXUS_SUMMARY_CONCURRENCY": "0"})
