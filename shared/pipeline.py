@@ -295,14 +295,9 @@ class Processor:
             if p.item.id in failures:
                 self._fail(p.item, failures[p.item.id], report)
         prepared = [p for p in prepared if p.item.id not in failures]
-        unsummarised = [p.item.id for p in prepared if outcomes[p.item.id] is None]
+        unsummarised = [p for p in prepared if outcomes[p.item.id] is None]
         if unsummarised:
-            report.released += self.store.release_items(unsummarised, self.worker)
-            report.released_ids.update(unsummarised)
-            self.logger.warning(
-                "claimed items given back: no time left to summarise them",
-                extra={"items": len(unsummarised), "claimed": len(items)},
-            )
+            self._release(unsummarised, vectors, report)
         summaries = self._summaries(prepared, outcomes, report)
         completed = [
             self._completed(p, vectors, summaries[p.item.id]) for p in prepared if p.item.id in summaries
@@ -312,6 +307,22 @@ class Processor:
             self._record_completion(c, stored, report)
         self._fold_clients({c.item.client_id for c in completed if c.item.id in stored}, remaining_s)
         return report
+
+    def _release(self, prepared: list[_Prepared], vectors: dict[str, Any], report: ProcessingReport) -> None:
+        """Give back items the claim ran out of time for, keeping their chunks' vectors first (the
+        store's embedding cache), so whoever claims them next does not pay for them again."""
+        kept = {h: vectors[h] for p in prepared for h in p.hashes if h in vectors}
+        try:
+            self.store.save_embeddings(kept, self.embedder.model, self.embedder.dimensions)
+        except NexusError as exc:  # costs a second embedding pass later, loses nothing
+            self.logger.warning("embeddings of released items not kept", extra={"error": str(exc)})
+        ids = [p.item.id for p in prepared]
+        report.released += self.store.release_items(ids, self.worker)
+        report.released_ids.update(ids)
+        self.logger.warning(
+            "claimed items given back: no time left to summarise them",
+            extra={"items": len(ids), "vectors_kept": len(kept)},
+        )
 
     def _chunk(self, item: ClaimedItem) -> _Prepared:
         started = time.monotonic()

@@ -155,7 +155,13 @@ class Store(Protocol):
         ...
 
     def find_embeddings(self, hashes: list[str], model: str, dimensions: int) -> dict[str, array[float]]:
-        """Stored embeddings by chunk text sha256 for this model and dimensions."""
+        """Stored embeddings by chunk text sha256 for this model and dimensions (from stored chunks
+        and from the embedding cache)."""
+        ...
+
+    def save_embeddings(self, vectors: dict[str, array[float]], model: str, dimensions: int) -> int:
+        """Keep vectors by chunk text sha256 that no stored chunk holds yet (for items given back
+        unfinished), so `find_embeddings` finds them; returns how many were new."""
         ...
 
     def complete_items(self, worker: str, completed: list[CompletedItem]) -> set[uuid.UUID]:
@@ -277,6 +283,18 @@ class PostgresStore:
                 (hashes, model, dimensions),
             ).fetchall()
         return {row["content_sha256"]: row["embedding"] for row in rows}
+
+    def save_embeddings(self, vectors: dict[str, array[float]], model: str, dimensions: int) -> int:
+        if not vectors:
+            return 0
+        from shared.vectors import to_pgvector_text
+
+        with self.holder.connection() as conn:
+            row = conn.execute(
+                "select public.save_chunk_embeddings(%s, %s, %s, %s) as n",
+                (list(vectors), model, dimensions, [to_pgvector_text(v) for v in vectors.values()]),
+            ).fetchone()
+        return int(row["n"]) if row else 0
 
     def _connections(self, count: int) -> list[PostgresStore]:
         """This store and count - 1 siblings on connections of their own (opened once, reused)."""

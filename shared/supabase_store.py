@@ -127,6 +127,17 @@ class SupabaseStore:
         rows = self.rpc("find_chunk_embeddings", {"hashes": hashes, "model": model, "dimensions": dimensions})
         return {row["content_sha256"]: _vector_from_json(row["embedding"]) for row in rows or []}
 
+    def save_embeddings(self, vectors: dict[str, Any], model: str, dimensions: int) -> int:
+        if not vectors:
+            return 0
+        arguments = {
+            "hashes": list(vectors),
+            "model": model,
+            "dimensions": dimensions,
+            "embeddings": [to_pgvector_text(v) for v in vectors.values()],
+        }
+        return int(self.rpc("save_chunk_embeddings", arguments) or 0)
+
     def complete_items(self, worker: str, completed: list[CompletedItem]) -> set[uuid.UUID]:
         """One `complete_knowledge_item` call (one transaction) per item."""
         stored: set[uuid.UUID] = set()

@@ -46,6 +46,22 @@ def load_function(name: str) -> ModuleType:
     return module
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _close_providers_built_from_settings() -> Iterator[None]:
+    """Providers built from settings are cached for the process (warm invocations reuse their HTTP
+    connections); close them when the session ends, not in the interpreter's exit, where their
+    pooled sockets to the tests' servers would be reported as unclosed."""
+    yield
+    from shared import embeddings, summaries
+
+    for cache in (embeddings._embedders, summaries._summarizers):
+        for provider in cache.values():
+            close = getattr(provider, "close", None)
+            if callable(close):
+                close()
+        cache.clear()
+
+
 @pytest.fixture(scope="session")
 def pg_url() -> Iterator[str]:
     # Its own folder, not under pytest's tmp: another pytest session on the machine may reset

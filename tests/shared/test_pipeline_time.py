@@ -81,7 +81,10 @@ def test_summaries_stop_in_time_and_the_rest_go_back_uncounted(
         assert_exact_chunk_set(db, item_id)
 
     later = Processor(db_store, LocalEmbedder(), summarizer, summary_concurrency=8)
-    assert later.process_ids(released, 120).done == len(released)
+    again = later.process_ids(released, 120)
+    assert again.done == len(released)
+    # Their vectors were kept when they were given back: nothing is embedded a second time.
+    assert (again.embedded_chunks, again.reused_chunks) == (0, again.chunks)
     for item_id in ids:
         assert_exact_chunk_set(db, item_id)
     assert {s["attempts"] for s in item_states(db, ids).values()} == {1}

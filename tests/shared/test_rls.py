@@ -26,7 +26,9 @@ CLIENT_TABLES = {  # table → the column naming the row's client
     "knowledge_chunks": "client_id",
     "client_summaries": "client_id",
 }
-PUBLIC_TABLES = [*CLIENT_TABLES, "system_config"]
+# Tables no API role may read at all: secrets, and vectors kept for items given back unfinished.
+SERVICE_TABLES = ["system_config", "chunk_embedding_cache"]
+PUBLIC_TABLES = [*CLIENT_TABLES, *SERVICE_TABLES]
 DIMENSIONS = 1536
 
 
@@ -192,18 +194,18 @@ def test_user_without_a_valid_client_sees_nothing(
         }
 
 
-def test_user_cannot_read_system_config(
-    conn: psycopg.Connection[Any], tenants: tuple[Tenant, Tenant]
+@pytest.mark.parametrize("table", SERVICE_TABLES)
+def test_user_cannot_read_the_service_tables(
+    conn: psycopg.Connection[Any], tenants: tuple[Tenant, Tenant], table: str
 ) -> None:
-    """authenticated has no privilege on system_config: permission denied, whatever the claims."""
+    """authenticated has no privilege on them: permission denied, whatever the claims."""
     first, _ = tenants
+    query = sql.SQL("select * from {}").format(sql.Identifier("public", table))
     with (
-        pytest.raises(
-            psycopg.errors.InsufficientPrivilege, match="permission denied for table system_config"
-        ),
+        pytest.raises(psycopg.errors.InsufficientPrivilege, match=f"permission denied for table {table}"),
         acting_as(conn, "authenticated", user_claims(first.client_id)) as user,
     ):
-        user.execute("select * from system_config")
+        user.execute(query)
 
 
 def test_service_role_sees_everything(conn: psycopg.Connection[Any], tenants: tuple[Tenant, Tenant]) -> None:

@@ -509,3 +509,16 @@ def test_processing_again_rewrites_only_the_chunks_that_changed(
     changed = sorted(index for index in after if after[index] != before[index])
     assert changed and changed == list(range(changed[0], len(after))) and changed[0] >= len(after) / 2
     assert_exact_chunk_set(admin, item_id)
+
+
+def test_kept_embeddings_are_found_again_on_both_backends(backend: Store) -> None:
+    from array import array
+
+    tag = uuid.uuid4().hex  # hashes no stored chunk has
+    vectors = {f"{tag}-{i}": array("f", [float(i + 1)] * 1536) for i in range(3)}
+    assert backend.find_embeddings(list(vectors), "model-x", 1536) == {}
+    assert backend.save_embeddings(vectors, "model-x", 1536) == 3
+    assert backend.save_embeddings(vectors, "model-x", 1536) == 0  # kept once
+    found = backend.find_embeddings([*vectors, f"{tag}-missing"], "model-x", 1536)
+    assert {h: list(v) for h, v in found.items()} == {h: list(v) for h, v in vectors.items()}
+    assert backend.find_embeddings(list(vectors), "model-y", 1536) == {}  # another model's are not reused
