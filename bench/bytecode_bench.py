@@ -106,7 +106,7 @@ def cold_start(python: str, folder: Path, lazy: list[str]) -> dict[str, float]:
         text=True,
         check=True,
     )
-    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    figures: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
     return figures | {"process_s": time.perf_counter() - started}
 
 
