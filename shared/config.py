@@ -136,7 +136,7 @@ def load_settings(environ: Mapping[str, str] | None = None, directory: Path | No
         environ = merged
     raw = {field: environ[env] for env, field in ENV_VARS.items() if environ.get(env, "") != ""}
     try:
-        return Settings(**raw)
+        return Settings.model_validate(raw)
     except ValidationError as exc:
         error = exc.errors()[0]
         field = str(error["loc"][0]) if error["loc"] else ""

@@ -250,7 +250,7 @@ def _display_dsn(url: str) -> str:
         return "(DATABASE_URL)"
     if not params.get("password"):
         return url
-    return make_conninfo(**{**params, "password": "***"})
+    return make_conninfo("", **{**params, "password": "***"})
 
 
 # -- the database webhook bridge -----------------------------------------------------------------

@@ -158,7 +158,8 @@ def fill_placeholders(event: Any, values: dict[str, str]) -> Any:
 def _pubsub_message(event: Any) -> dict[str, Any] | None:
     if not isinstance(event, dict):
         return None
-    holder = event.get("data") if isinstance(event.get("data"), dict) else event
+    data = event.get("data")
+    holder: dict[str, Any] = data if isinstance(data, dict) else event
     message = holder.get("message")
     return message if isinstance(message, dict) else None
 

@@ -7,9 +7,12 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shared.problems import HttpRequest, HttpResponse, ProblemError
+
+if TYPE_CHECKING:  # mangum is imported on a function URL's first request, not here
+    from mangum.types import ASGI
 
 Handle = Callable[[HttpRequest], HttpResponse]
 Scope = MutableMapping[str, Any]
@@ -17,7 +20,7 @@ Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 
-def asgi_app(handle: Handle) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
+def asgi_app(handle: Handle) -> ASGI:
     """An ASGI app (HTTP only) that answers every request with `handle`."""
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:

@@ -137,6 +137,10 @@ class Store(Protocol):
         """Create the client when it does not exist."""
         ...
 
+    def close(self) -> None:
+        """Close the store's connections (a warm function keeps its store open instead)."""
+        ...
+
     def status(self) -> dict[str, Any]:
         """Counts per status, the oldest pending item's time, and recent failures."""
         ...

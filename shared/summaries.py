@@ -110,7 +110,8 @@ def extract_summary(text: str, max_words: int = SUMMARY_WORDS) -> str:
         sum(map(frequency.__getitem__, set(words) - _STOP)) / (len(words) ** 0.5) for _, words in sentences
     ]
     ranked = sorted(range(len(sentences)), key=lambda i: (-scores[i], i))
-    chosen, total = [], 0
+    chosen: list[int] = []
+    total = 0
     for i in ranked:
         length = len(sentences[i][0].split())
         if chosen and total + length > max_words:
