@@ -472,20 +472,13 @@ def test_compiled_extensions_are_aarch64(build: Build) -> None:
 
 
 def _python_312() -> Path | None:
-    """A working Python 3.12 interpreter (the Lambda runtime's version), if this machine has one."""
-    candidates = [shutil.which("python3.12")]
-    pyenv_root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
-    candidates += [str(p) for p in sorted(pyenv_root.glob("versions/3.12*/bin/python3.12"), reverse=True)]
-    candidates += ["/usr/bin/python3.12", "/usr/local/bin/python3.12"]
-    for candidate in filter(None, candidates):
-        probe = subprocess.run(
-            [candidate, "-c", "import sys, venv; print(sys.version_info[:2] == (3, 12))"],
-            capture_output=True,
-            text=True,
-        )
-        if probe.returncode == 0 and probe.stdout.strip() == "True":
-            return Path(candidate)
-    return None
+    """The Python 3.12 interpreter packaging compiles the zips' bytecode with (the Lambda runtime's
+    version; found as infra/serverless/bytecode.py finds it), if it can make a virtualenv."""
+    found = bytecode_tool().find_interpreter(RUNTIME_PYTHON)
+    if found is None:
+        return None
+    probe = subprocess.run([found, "-c", "import venv"], capture_output=True, text=True)
+    return Path(found) if probe.returncode == 0 else None
 
 
 def _compiled_distributions(folder: Path) -> list[str]:
@@ -585,7 +578,7 @@ def test_zip_imports_its_handler_in_a_clean_virtualenv(
     assert lines, f"no report (exit {done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     report = json.loads(lines[-1].removeprefix("ZIP-SMOKE-REPORT "))
     assert done.returncode == 0 and "error" not in report, json.dumps(report, indent=2) + done.stderr[-3000:]
-    if version == RUNTIME_PYTHON and bytecode_tool().find_interpreter(RUNTIME_PYTHON):
+    if version == RUNTIME_PYTHON:  # the interpreter that compiled the zips' bytecode: none compiled again
         compiled = report["compiled_in_zip"]
         assert compiled == [], f"{name}: compiled from source at import: {compiled}"
         assert report["source_modules_from_zip"] > 100, report
