@@ -4,7 +4,7 @@
 python3 tasks.py demo     ingest (and process) the sample documents on an embedded Postgres
 python3 tasks.py test     run the whole test suite
 python3 tasks.py check    ruff lint + format check, mypy on shared/
-python3 tasks.py bench    run the benchmarks under bench/
+python3 tasks.py bench    run the benchmarks under bench/ (installs the `bench` extra too)
 python3 tasks.py package  build the Lambda zips with the Serverless Framework (osls), offline
 """
 
@@ -19,25 +19,38 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
-EXTRAS = "all,test"
+EXTRAS = ("all", "test")
+# Extras a command needs beyond EXTRAS, installed only when that command runs.
+COMMAND_EXTRAS = {"bench": ("bench",)}
+STAMP = VENV / ".nexus-installed"
 
 
 def _run(*args: str | Path, env: dict[str, str] | None = None) -> int:
     return subprocess.call([str(a) for a in args], cwd=ROOT, env=env)
 
 
-def ensure_venv() -> None:
-    """Create `.venv` and install the project into it, again whenever pyproject.toml changes."""
+def _installed_extras(pyproject_hash: str) -> set[str]:
+    """The extras the stamp says were installed from this very pyproject.toml (none otherwise)."""
+    if not STAMP.exists():
+        return set()
+    recorded, _, extras = STAMP.read_text().strip().partition(" ")
+    return set(extras.split(",")) if recorded == pyproject_hash and extras else set()
+
+
+def ensure_venv(extras: tuple[str, ...] = EXTRAS) -> None:
+    """Create `.venv` and install the project with `extras` into it, again whenever
+    pyproject.toml changes; extras installed earlier from the same pyproject.toml stay."""
     if not (BIN / "python").exists():
         subprocess.check_call([sys.executable, "-m", "venv", str(VENV)])
-    stamp = VENV / ".nexus-installed"
-    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + EXTRAS.encode()).hexdigest()
-    if stamp.exists() and stamp.read_text() == wanted:
+    pyproject_hash = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    installed = _installed_extras(pyproject_hash)
+    if installed >= set(extras):
         return
+    wanted = ",".join(sorted(installed | set(extras)))
     pip = [str(BIN / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
     subprocess.check_call([*pip, "--upgrade", "pip"], cwd=ROOT)
-    subprocess.check_call([*pip, "-e", f".[{EXTRAS}]"], cwd=ROOT)
-    stamp.write_text(wanted)
+    subprocess.check_call([*pip, "-e", f".[{wanted}]"], cwd=ROOT)
+    STAMP.write_text(f"{pyproject_hash} {wanted}")
 
 
 def main(argv: list[str]) -> int:
@@ -46,7 +59,7 @@ def main(argv: list[str]) -> int:
     if command not in {"demo", "test", "check", "bench", "nexus", "package"}:
         print(__doc__)
         return 0 if command == "help" else 2
-    ensure_venv()
+    ensure_venv((*EXTRAS, *COMMAND_EXTRAS.get(command, ())))
     if command == "demo":
         return _run(BIN / "nexus", "demo", *rest)
     if command == "nexus":

@@ -2,7 +2,9 @@
 
 Keys are compared in constant time against every configured key. A JWT with role
 `service_role` may write for any client; role `authenticated` only for the `client_id` claim
-(top level or in `app_metadata`).
+(top level or in `app_metadata`). `exp`, `nbf` and `iat` are checked with 30 s of leeway for
+clock skew. A validly signed token whose claims are malformed (role not a string, app_metadata
+not an object, client_id not a UUID string) is a 401, like a bad signature.
 """
 
 from __future__ import annotations
@@ -10,12 +12,14 @@ from __future__ import annotations
 import hmac
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 from shared.config import Settings
 from shared.errors import ConfigError
 from shared.problems import ProblemError
 
 _CHALLENGE = {"www-authenticate": 'Bearer realm="nexus"'}
+JWT_LEEWAY_SECONDS = 30
 
 
 @dataclass(frozen=True)
@@ -64,28 +68,59 @@ def authenticate(authorization: str | None, settings: Settings) -> Principal:
 
 
 def _principal_from_jwt(token: str, secret: str) -> Principal:
+    claims = _verified_claims(token, secret)
+    role = claims.get("role")
+    if not isinstance(role, str):
+        raise _unauthorized("The JWT role claim is missing or not a string.")
+    if role == "service_role":
+        return Principal("service_role")
+    if role == "authenticated":
+        client_id = _client_id_claim(claims)
+        if client_id is None:
+            raise ProblemError(
+                403, "The JWT has no client_id claim, so it may not write any items.", slug="forbidden"
+            )
+        return Principal("user", client_id)
+    raise ProblemError(403, f"The JWT role {role!r} may not ingest items.", slug="forbidden")
+
+
+def _verified_claims(token: str, secret: str) -> dict[str, Any]:
+    """The claims of an HS256 token signed with `secret`; `exp` is required, and exp/nbf/iat
+    are checked with `JWT_LEEWAY_SECONDS` of tolerance for clock skew."""
     import jwt
 
     try:
-        claims = jwt.decode(
+        return jwt.decode(
             token,
             secret,
             algorithms=["HS256"],
+            leeway=JWT_LEEWAY_SECONDS,
             options={"verify_aud": False, "require": ["exp"]},
         )
     except jwt.ExpiredSignatureError:
         raise _unauthorized("The JWT has expired.") from None
+    except jwt.ImmatureSignatureError:
+        raise _unauthorized("The JWT is not valid yet (its nbf or iat is in the future).") from None
     except jwt.PyJWTError:
         raise _unauthorized("The bearer key is not valid.") from None
-    role = claims.get("role")
-    if role == "service_role":
-        return Principal("service_role")
-    if role == "authenticated":
-        raw = claims.get("client_id") or (claims.get("app_metadata") or {}).get("client_id")
-        try:
-            return Principal("user", uuid.UUID(str(raw)))
-        except ValueError:
-            raise ProblemError(
-                403, "The JWT has no valid client_id claim, so it may not write any items.", slug="forbidden"
-            ) from None
-    raise ProblemError(403, f"The JWT role {role!r} may not ingest items.", slug="forbidden")
+
+
+def _client_id_claim(claims: dict[str, Any]) -> uuid.UUID | None:
+    """The `client_id` claim (top level, else in `app_metadata`), None when absent; a 401 problem
+    when `app_metadata` is not an object or `client_id` is not a UUID string."""
+    metadata = claims.get("app_metadata")
+    if metadata is None:
+        metadata = {}
+    if not isinstance(metadata, dict):
+        raise _unauthorized("The JWT app_metadata claim must be an object.")
+    raw = claims.get("client_id")
+    if raw is None:
+        raw = metadata.get("client_id")
+    if raw is None:
+        return None
+    if not isinstance(raw, str):
+        raise _unauthorized("The JWT client_id claim must be a UUID string.")
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        raise _unauthorized("The JWT client_id claim must be a UUID string.") from None

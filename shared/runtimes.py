@@ -1,11 +1,14 @@
 """Adapters from each runtime's request shape to `HttpRequest`, and back.
 
-- AWS Lambda function URLs (payload 2.0) go through mangum to a tiny ASGI app.
+- AWS Lambda function URLs (payload 2.0) go through mangum to a tiny ASGI app. A body flagged
+  `isBase64Encoded` must be strict base64, else the answer is a 400 problem.
 - functions-framework hands a Flask request.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
@@ -67,6 +70,10 @@ def lambda_http_handler(handle: Handle) -> Callable[[Any, Any], dict[str, Any]]:
         nonlocal mangum_handler
         if not is_function_url_event(event):
             return unrecognised_event_result("a function URL (payload 2.0) request")
+        if not has_readable_body(event):
+            return problem_result(
+                ProblemError(400, "The request body is not valid base64, though isBase64Encoded is true.")
+            )
         if mangum_handler is None:
             from mangum import Mangum
             from mangum.adapter import DEFAULT_TEXT_MIME_TYPES
@@ -80,9 +87,28 @@ def lambda_http_handler(handle: Handle) -> Callable[[Any, Any], dict[str, Any]]:
     return handler
 
 
-def unrecognised_event_result(expected: str) -> dict[str, Any]:
-    response = ProblemError(400, f"Unrecognised event; this function expects {expected}.").to_response()
+def has_readable_body(event: dict[str, Any]) -> bool:
+    """False when the event says its body is base64 but the body is not a strict base64 string."""
+    body = event.get("body")
+    if not event.get("isBase64Encoded") or body is None or body == "":
+        return True
+    if not isinstance(body, str):
+        return False
+    try:
+        base64.b64decode(body, validate=True)
+    except (binascii.Error, ValueError):  # ValueError: not ASCII
+        return False
+    return True
+
+
+def problem_result(problem: ProblemError) -> dict[str, Any]:
+    """A Lambda function-URL result carrying `problem` as problem+json."""
+    response = problem.to_response()
     return {"statusCode": response.status, "headers": response.headers, "body": response.body.decode()}
+
+
+def unrecognised_event_result(expected: str) -> dict[str, Any]:
+    return problem_result(ProblemError(400, f"Unrecognised event; this function expects {expected}."))
 
 
 def flask_response(response: HttpResponse) -> tuple[bytes, int, dict[str, str]]:

@@ -104,6 +104,19 @@ def test_base64_body_is_decoded(ingest: Any, admin: Any, client_id: uuid.UUID) -
     assert row["content"] == "héllo — wörld"
 
 
+@pytest.mark.parametrize("body", ["abc", "e30=!!", "ZW5jb2RlZA==\u00e9", "e30=\n", 12], ids=repr)
+def test_body_that_is_not_base64_is_a_400_naming_the_body(
+    ingest: Any, admin: Any, client_id: uuid.UUID, body: Any
+) -> None:
+    event = url_event(item(client_id), encode_base64=True)
+    event["body"] = body
+    status, headers, problem = call(ingest, event)
+    assert status == 400
+    assert headers["content-type"] == "application/problem+json"
+    assert problem["status"] == 400 and problem["detail"].startswith("The request body is not valid base64")
+    assert count_items(admin, client_id) == 0
+
+
 def test_function_url_root_path_is_accepted(ingest: Any, client_id: uuid.UUID) -> None:
     status, _, _ = call(ingest, url_event(item(client_id), path="/"))
     assert status == 201
@@ -283,23 +296,87 @@ def test_user_jwt_writes_only_its_own_client(jwt_ingest: Any, admin: Any, client
     assert count_items(admin, other) == 0
 
 
+def _jwt_call(ingest: Any, client_id: uuid.UUID, claims: dict[str, Any]) -> tuple[int, dict[str, str], Any]:
+    """Ingest one item with a JWT signed with the configured secret; `claims` replace the defaults."""
+    token = jwt.encode(claims, JWT_SECRET, algorithm="HS256")
+    return call(ingest, url_event(item(client_id), headers={"authorization": f"Bearer {token}"}))
+
+
 @pytest.mark.parametrize(
-    "token",
+    "claims",
     [
-        jwt.encode({"role": "service_role", "exp": int(time.time()) - 10}, JWT_SECRET, algorithm="HS256"),
-        jwt.encode(
-            {"role": "service_role", "exp": int(time.time()) + 600},
-            "wrong-secret-of-sufficient-length-123",
-            algorithm="HS256",
-        ),
-        jwt.encode({"role": "service_role"}, JWT_SECRET, algorithm="HS256"),
+        {"exp": -60},  # beyond the 30 s leeway
+        {"nbf": 60},
+        {"iat": 60},
+        {"exp": 600, "signed_with": "wrong-secret-of-sufficient-length-123"},
+        {},  # no exp
+        {"exp": 600, "role": None},
+        {"exp": 600, "role": ["service_role"]},
+        {"exp": 600, "role": "authenticated", "app_metadata": "x"},
+        {"exp": 600, "role": "authenticated", "app_metadata": [1]},
+        {"exp": 600, "role": "authenticated", "client_id": 7},
+        {"exp": 600, "role": "authenticated", "client_id": "not-a-uuid"},
+        {"exp": 600, "role": "authenticated", "app_metadata": {"client_id": {"id": "x"}}},
     ],
-    ids=["expired", "wrong-signature", "no-exp"],
+    ids=[
+        "expired-60s-ago",
+        "nbf-60s-ahead",
+        "iat-60s-ahead",
+        "wrong-signature",
+        "no-exp",
+        "no-role",
+        "role-not-a-string",
+        "app-metadata-string",
+        "app-metadata-list",
+        "client-id-number",
+        "client-id-not-a-uuid",
+        "client-id-object",
+    ],
 )
-def test_bad_jwts_are_401(jwt_ingest: Any, admin: Any, client_id: uuid.UUID, token: str) -> None:
-    status, _, _ = call(jwt_ingest, url_event(item(client_id), headers={"authorization": f"Bearer {token}"}))
+def test_bad_jwts_are_401_with_one_sentence(
+    jwt_ingest: Any, admin: Any, client_id: uuid.UUID, claims: dict[str, Any]
+) -> None:
+    now = int(time.time())
+    claims = {"role": "service_role", **claims}
+    secret = claims.pop("signed_with", JWT_SECRET)
+    for name in ("exp", "nbf", "iat"):  # relative seconds become absolute times
+        if name in claims:
+            claims[name] += now
+    token = jwt.encode(claims, secret, algorithm="HS256")
+    status, headers, body = call(
+        jwt_ingest, url_event(item(client_id), headers={"authorization": f"Bearer {token}"})
+    )
     assert status == 401
+    assert headers["content-type"] == "application/problem+json"
+    assert headers["www-authenticate"].startswith("Bearer")
+    assert body["status"] == 401 and body["detail"].count(".") == 1 and body["detail"].endswith(".")
     assert count_items(admin, client_id) == 0
+
+
+@pytest.mark.parametrize(
+    "times",
+    [{"exp": -10}, {"exp": 600, "nbf": 10}, {"exp": 600, "iat": 10}],
+    ids=["expired-10s-ago", "nbf-10s-ahead", "iat-10s-ahead"],
+)
+def test_jwt_times_have_30_seconds_of_leeway_for_clock_skew(
+    jwt_ingest: Any, admin: Any, client_id: uuid.UUID, times: dict[str, int]
+) -> None:
+    now = int(time.time())
+    claims = {"role": "service_role", **{name: now + delta for name, delta in times.items()}}
+    status, _, body = _jwt_call(jwt_ingest, client_id, claims)
+    assert status == 201, body
+    assert count_items(admin, client_id) == 1
+
+
+def test_user_jwt_with_a_top_level_client_id_may_write(jwt_ingest: Any, client_id: uuid.UUID) -> None:
+    claims = {"role": "authenticated", "client_id": str(client_id), "exp": int(time.time()) + 600}
+    assert _jwt_call(jwt_ingest, client_id, claims)[0] == 201
+
+
+def test_user_jwt_without_a_client_id_is_forbidden(jwt_ingest: Any, client_id: uuid.UUID) -> None:
+    claims = {"role": "authenticated", "app_metadata": {}, "exp": int(time.time()) + 600}
+    status, _, body = _jwt_call(jwt_ingest, client_id, claims)
+    assert status == 403 and "client_id" in body["detail"]
 
 
 def test_twenty_concurrent_requests_with_one_key_store_one_row(

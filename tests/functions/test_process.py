@@ -164,6 +164,26 @@ def test_bad_webhook_bodies_are_4xx(process: Any, body: Any, status: int) -> Non
     assert code == status and problem["status"] == status and problem["detail"]
 
 
+def test_webhook_body_that_is_not_base64_is_a_400_naming_the_body(
+    process: Any, admin: Any, client_id: uuid.UUID
+) -> None:
+    item_id = new_item(admin, client_id)
+    event = webhook_event(insert_body(item_id, client_id))
+    event["body"], event["isBase64Encoded"] = "abc", True
+    code, problem = call(process, event)
+    assert code == 400 and problem["detail"].startswith("The request body is not valid base64")
+    assert item_state(admin, item_id)["status"] == "pending"
+
+
+def test_webhook_base64_body_is_decoded(process: Any, admin: Any, client_id: uuid.UUID) -> None:
+    item_id = new_item(admin, client_id)
+    event = webhook_event(insert_body(item_id, client_id))
+    event["body"], event["isBase64Encoded"] = base64.b64encode(event["body"].encode()).decode(), True
+    code, _ = call(process, event)
+    assert code == 200
+    assert item_state(admin, item_id)["status"] != "pending"
+
+
 def test_sqs_batch_reports_only_the_unreadable_message(
     process: Any, admin: Any, client_id: uuid.UUID
 ) -> None:
