@@ -82,11 +82,14 @@ def ingest_paths(
     client_id: uuid.UUID,
     source: str | None = None,
     base: Path | None = None,
+    max_item_tokens: int | None = None,
 ) -> list[tuple[Path, Any]]:
     """Ingest files (folders expanded) for one client; each file's path is its external_id, so
-    re-ingesting an unchanged file is a duplicate and an edited one an update."""
+    re-ingesting an unchanged file is a duplicate and an edited one an update. A file over
+    `max_item_tokens` is skipped with a message."""
     from shared.documents import find_documents, read_document
     from shared.ingest import IngestItem, ingest_items
+    from shared.problems import ProblemError
     from shared.queue import NoQueue
 
     results = []
@@ -104,7 +107,13 @@ def ingest_paths(
             metadata={"path": path.as_posix()},
             external_id=path.as_posix(),
         )
-        (result,) = ingest_items([item], store=store, queue=NoQueue())
+        try:
+            (result,) = ingest_items([item], store=store, queue=NoQueue(), max_item_tokens=max_item_tokens)
+        except ProblemError as problem:
+            if problem.status != 413:
+                raise
+            print(f"skipped {path}: {problem.errors[0].detail}", file=sys.stderr)
+            continue
         results.append((path, result))
     return results
 
@@ -113,7 +122,13 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     store = open_store(settings)
     if args.create_client:
         store.ensure_client(args.client_id)
-    results = ingest_paths(store, [Path(p) for p in args.paths], args.client_id, args.source)
+    results = ingest_paths(
+        store,
+        [Path(p) for p in args.paths],
+        args.client_id,
+        args.source,
+        max_item_tokens=settings.max_item_tokens,
+    )
     for path, result in results:
         state = "duplicate" if result.duplicate else ("updated" if result.updated else "new")
         print(f"{result.item_id}  {state:9}  {path}")
@@ -147,6 +162,15 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     hour, chunks = status.get("processed_last_hour", 0), status.get("chunks", 0)
     waiting = status.get("chunks_awaiting_index", 0)
     print(f"processed in the last hour: {hour}; chunks: {chunks} ({waiting} awaiting the vector index)")
+    for provider in status.get("providers", []):
+        why = "no quota left (insufficient_quota)" if provider["state"] == "quota" else "failing"
+        print(
+            f"claiming paused: {provider['provider']} is {why} since {provider['opened_at']}; "
+            f"next probe at {provider['probe_at']}; last error: {provider['last_error']}"
+        )
+    deferred = status.get("deferred_by_provider", 0)
+    if deferred:
+        print(f"waiting on the provider: {deferred} item(s), no attempt counted")
     for failure in status.get("recent_failures", []):
         print(f"failed {failure['id']} (attempt {failure['attempts']}): {failure['last_error']}")
     return 0

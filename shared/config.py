@@ -46,6 +46,8 @@ ENV_VARS: dict[str, str] = {
     "NEXUS_EMBEDDING_CONCURRENCY": "embedding_concurrency",
     "NEXUS_SUMMARY_CONCURRENCY": "summary_concurrency",
     "NEXUS_BATCH_TOKENS": "batch_tokens",
+    "NEXUS_PROVIDER_PROBE_SECONDS": "provider_probe_s",
+    "NEXUS_MAX_ITEM_TOKENS": "max_item_tokens",
 }
 _FIELD_TO_ENV = {field: env for env, field in ENV_VARS.items()}
 
@@ -85,6 +87,10 @@ class Settings(BaseModel):
     summary_concurrency: int = Field(default=8, ge=1, le=64)
     # Work claimed per batch: enough for several full embedding requests in flight at once.
     batch_tokens: int = Field(default=1_200_000, ge=1000)
+    # While the fleet is backed off from a provider, one probe goes out at least this often.
+    provider_probe_s: float = Field(default=120.0, ge=1, le=3600)
+    # The largest item ingest accepts, in (estimated) cl100k tokens.
+    max_item_tokens: int = Field(default=1_000_000, ge=1000)
 
     @field_validator("ingest_api_keys", mode="before")
     @classmethod

@@ -30,6 +30,7 @@ from itertools import pairwise
 from math import log, sqrt
 from typing import Any, Protocol
 
+from shared.deadlines import MIN_REQUEST_S, attempts_allowed, request_timeout_s, submit, time_left_s
 from shared.errors import ConfigError, NexusError
 from shared.tokens import count_tokens
 
@@ -45,11 +46,20 @@ LOCAL_MODEL = "local-hash-v1"
 class EmbeddingError(NexusError):
     """Embedding failed. `retryable` says whether a later attempt may succeed."""
 
-    def __init__(self, message: str, *, retryable: bool, code: str = "", status: int = 0) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        retryable: bool,
+        code: str = "",
+        status: int = 0,
+        retry_after_s: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.retryable = retryable
         self.code = code
         self.status = status  # the HTTP status that refused the request, when one did
+        self.retry_after_s = retry_after_s  # what the provider asked for, when it did
 
 
 class Embedder(Protocol):
@@ -98,6 +108,11 @@ def pack_requests(
     return groups
 
 
+def provider_key(base_url: str | None) -> str:
+    """The name the fleet's back-off knows an API by: every client of one endpoint shares it."""
+    return "openai " + (base_url or DEFAULT_BASE_URL).rstrip("/")
+
+
 def _retry_after_s(headers: Any) -> float | None:
     """Seconds from `retry-after-ms` or `Retry-After` (seconds or an HTTP date), if present."""
     if headers.get("retry-after-ms"):
@@ -142,6 +157,17 @@ class RetryPolicy:
             return min(retry_after_s, self.cap_s * 3)
         return random.uniform(0, min(self.cap_s, self.base_s * 2**attempt))  # noqa: S311 - jitter
 
+    def next_delay_s(self, attempt: int, retry_after_s: float | None) -> float | None:
+        """The wait before attempt `attempt + 1` (0-based `attempt` just failed), or None when
+        there is none: the attempts are used up (the call scope may allow fewer), or the wait
+        and a request after it would not end before the invocation's deadline."""
+        if attempt + 1 >= attempts_allowed(self.max_attempts):
+            return None
+        delay = self.delay_s(attempt, retry_after_s)
+        if time_left_s() - delay < MIN_REQUEST_S:
+            return None
+        return delay
+
 
 class OpenAIEmbedder:
     """Embeddings from OpenAI's `/embeddings` API (or any compatible server).
@@ -177,7 +203,9 @@ class OpenAIEmbedder:
         self.sends_token_ids = model in CL100K_MODELS
         self.stats = EmbeddingStats()
         self._api_key = api_key  # only to mask it out of upstream error messages
+        self._timeout_s = timeout_s
         self._stats_lock = threading.Lock()
+        self.provider_key = provider_key(base_url)
         self._client = httpx.Client(
             base_url=(base_url or DEFAULT_BASE_URL).rstrip("/") + "/",
             headers={"authorization": f"Bearer {api_key}"},
@@ -215,7 +243,7 @@ class OpenAIEmbedder:
             run(groups[0])
         else:
             with ThreadPoolExecutor(max_workers=min(self.concurrency, len(groups))) as pool:
-                for future in [pool.submit(run, group) for group in groups]:
+                for future in [submit(pool, run, group) for group in groups]:
                     future.result()
         return results
 
@@ -243,37 +271,67 @@ class OpenAIEmbedder:
     def _request(self, inputs_json: str, inputs: int, tokens: int) -> list[array[float]]:
         """One request for `inputs` inputs, given as `inputs_json` (a JSON array of texts or of
         token id arrays); retried as the policy says."""
-        import httpx
 
         fields: dict[str, Any] = {"model": self.model, "encoding_format": "base64"}
         if self.model.startswith("text-embedding-3"):
             fields["dimensions"] = self.dimensions
         body = f'{json.dumps(fields)[:-1]}, "input": {inputs_json}}}'.encode()
-        last_problem = ""
-        for attempt in range(self.retry.max_attempts):
-            retry_after = None
-            try:
-                response = self._client.post("embeddings", content=body, headers=_JSON)
-            except httpx.TimeoutException:
-                last_problem = "the embeddings request timed out"
-            except httpx.TransportError as exc:
-                last_problem = f"the embeddings endpoint could not be reached ({type(exc).__name__})"
-            else:
-                if response.status_code == 200:
-                    try:
-                        vectors = self._parse(response.content, inputs)
-                    except EmbeddingError as exc:
-                        last_problem = str(exc)
-                    else:
-                        self._count(inputs, tokens, attempt)
-                        return vectors
-                else:
-                    last_problem, retry_after = self._classify(response)
-            if attempt + 1 < self.retry.max_attempts:
-                self.retry.sleep(self.retry.delay_s(attempt, retry_after))
+        last_problem, retry_after = "", None
+        attempt = 0
+        while True:
+            timeout = request_timeout_s(self._timeout_s)
+            if timeout is None:
+                raise EmbeddingError(
+                    "No time was left in this invocation for the embeddings request"
+                    + (f" (last problem: {last_problem})." if last_problem else "."),
+                    retryable=True,
+                    code="deadline",
+                )
+            vectors, last_problem, retry_after = self._attempt(body, inputs, timeout)
+            if vectors is not None:
+                self._count(inputs, tokens, attempt)
+                return vectors
+            delay = self.retry.next_delay_s(attempt, retry_after)
+            if delay is None:
+                break
+            self.retry.sleep(delay)
+            attempt += 1
         raise EmbeddingError(
-            f"Embedding failed after {self.retry.max_attempts} attempts: {last_problem}.", retryable=True
+            f"Embedding failed after {attempt + 1} attempts: {last_problem}.",
+            retryable=True,
+            retry_after_s=retry_after,
         )
+
+    def _attempt(
+        self, body: bytes, inputs: int, timeout_s: float
+    ) -> tuple[list[array[float]] | None, str, float | None]:
+        """One try: (vectors, "", None), or (None, the transient problem, its Retry-After)."""
+        import httpx
+
+        try:
+            response = self._client.post(
+                "embeddings",
+                content=body,
+                headers=_JSON,
+                timeout=httpx.Timeout(timeout_s, connect=min(10.0, timeout_s)),
+            )
+        except httpx.TimeoutException:
+            if timeout_s < self._timeout_s:
+                raise EmbeddingError(
+                    "The embeddings request was still unanswered when the invocation's time ran out.",
+                    retryable=True,
+                    code="deadline",
+                ) from None
+            return None, "the embeddings request timed out", None
+        except httpx.TransportError as exc:
+            return None, f"the embeddings endpoint could not be reached ({type(exc).__name__})", None
+        if response.status_code != 200:
+            problem, retry_after = self._classify(response)
+            return None, problem, retry_after
+        try:
+            return self._parse(response.content, inputs), "", None
+        except EmbeddingError as exc:
+            return None, str(exc), None
 
     def _classify(self, response: Any) -> tuple[str, float | None]:
         """Raise for answers that retrying cannot fix; else describe the transient problem."""
@@ -281,7 +339,7 @@ class OpenAIEmbedder:
         status = response.status_code
         if code == "insufficient_quota":
             raise EmbeddingError(
-                "The OpenAI account has no quota left (insufficient_quota); add credit, then reprocess.",
+                "The OpenAI account has no quota left (insufficient_quota); claiming is paused until it has.",
                 retryable=False,
                 code="insufficient_quota",
             )

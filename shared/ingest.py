@@ -162,6 +162,22 @@ def _store_row(item: IngestItem, idempotency_key: str | None) -> dict[str, Any]:
     }
 
 
+def _check_sizes(rows: list[dict[str, Any]], max_item_tokens: int, is_batch: bool) -> None:
+    """A 413 naming each item whose content is estimated over `max_item_tokens` tokens."""
+    prefix = "items.{}." if is_batch else ""
+    errors = [
+        FieldError(
+            prefix.format(i) + "content",
+            f"content is about {row['token_estimate']} tokens, over the {max_item_tokens}-token limit "
+            "per item (NEXUS_MAX_ITEM_TOKENS); split it into several items.",
+        )
+        for i, row in enumerate(rows)
+        if row["token_estimate"] > max_item_tokens
+    ]
+    if errors:
+        raise ProblemError(413, "An item is too large to process; nothing was stored.", errors=errors)
+
+
 def _rejection(outcomes: list[IngestOutcome], items: list[IngestItem], is_batch: bool) -> ProblemError | None:
     prefix = "items.{}." if is_batch else ""
     unknown = [o for o in outcomes if o.outcome == "unknown_client"]
@@ -194,12 +210,14 @@ def ingest_items(
     principal: Principal | None = None,
     idempotency_key: str | None = None,
     is_batch: bool = False,
+    max_item_tokens: int | None = None,
 ) -> list[IngestResult]:
     """Store `items` atomically and queue the new or changed ones.
 
     Idempotent: a repeat with the same idempotency key, or the same (client_id, external_id)
     and content, returns the stored item with `duplicate=True` and stores nothing.
-    Raises ProblemError (403 wrong client, 422 unknown client or reused key) storing nothing.
+    Raises ProblemError (403 wrong client, 413 an item's content over `max_item_tokens` by the
+    ingest estimate, 422 unknown client or reused key) storing nothing.
     """
     if principal is not None:
         forbidden = [i for i, item in enumerate(items) if not principal.may_write_for(item.client_id)]
@@ -209,6 +227,8 @@ def ingest_items(
     for i, item in enumerate(items):
         key = None if idempotency_key is None else (f"{idempotency_key}#{i}" if is_batch else idempotency_key)
         rows.append(_store_row(item, key))
+    if max_item_tokens is not None:
+        _check_sizes(rows, max_item_tokens, is_batch)
     outcomes = store.ingest_items(rows)
     rejection = _rejection(outcomes, items, is_batch)
     if rejection is not None:

@@ -69,7 +69,13 @@ class IngestEndpoint:
         items, is_batch = parse_items(payload)
         key = check_idempotency_key(request.header("idempotency-key"))
         results = ingest_items(
-            items, store=store, queue=queue, principal=principal, idempotency_key=key, is_batch=is_batch
+            items,
+            store=store,
+            queue=queue,
+            principal=principal,
+            idempotency_key=key,
+            is_batch=is_batch,
+            max_item_tokens=settings.max_item_tokens,
         )
         if is_batch:
             return HttpResponse.json(200, {"items": [r.as_dict() for r in results]})

@@ -10,6 +10,8 @@ _HTML = re.compile(r"<\s*(!doctype\s+html|html|body|head|div|p|h[1-6]|article|se
 _MARKDOWN = re.compile(r"^(#{1,6}\s|\s*[-*+]\s|\s*\d+\.\s|```|>\s)|\[[^\]]+\]\([^)]+\)", re.M)
 _WORDS = re.compile(r"\w+|[^\w\s]", re.UNICODE)
 _LONG_WORD_PIECE = re.compile(r"\w{7}", re.UNICODE)
+# Scripts written without spaces (CJK, kana, hangul, Thai): about a token per character.
+_UNSPACED_CHAR = re.compile(r"[\u0e00-\u0e7f\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]")
 
 
 @dataclass(frozen=True)
@@ -26,7 +28,12 @@ def estimate_tokens(text: str) -> int:
     Within about ±20% on English prose; the exact count is taken when the item is chunked.
     """
     # Two passes in C (no Python loop per word): ~0.05 ms for 2 KB instead of ~0.7 ms.
-    return len(_WORDS.findall(text)) + len(_LONG_WORD_PIECE.findall(text))
+    unspaced = len(_UNSPACED_CHAR.findall(text))
+    if not unspaced:
+        return len(_WORDS.findall(text)) + len(_LONG_WORD_PIECE.findall(text))
+    # Unspaced runs were counted as words and long-word pieces: count their characters instead.
+    plain = _UNSPACED_CHAR.sub(" ", text)
+    return len(_WORDS.findall(plain)) + len(_LONG_WORD_PIECE.findall(plain)) + unspaced
 
 
 def detect_content_type(text: str, source: str = "") -> str:

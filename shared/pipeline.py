@@ -14,21 +14,23 @@ import math
 import os
 import socket
 import sys
+import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
 from shared.chunking import Chunk, split_text
+from shared.deadlines import call_scope, submit
 from shared.embeddings import (
     MAX_INPUTS_PER_REQUEST,
     MAX_TOKENS_PER_REQUEST,
     Embedder,
     EmbeddingError,
 )
-from shared.errors import NexusError
+from shared.errors import ConfigError, NexusError
 from shared.logs import get_logger
 from shared.store import ChunkRecord, ClaimedItem, CompletedItem, Store
 from shared.summaries import Summarizer, SummaryError
@@ -57,6 +59,11 @@ INDEX_AFTER_ITEM_S = 3.0  # what a webhook, queue or CLI item trigger spends on 
 # interpreter's switch interval (5 ms by default). 0.5 ms: measured on the benchmark's claims,
 # about +10% chunks/s, median of 9 sweeps each (1,091 against 1,006 with larger HTTP reads alone).
 SWITCH_INTERVAL_S = 0.0005
+# A provider backed off (see `provider_gate` in the migrations) is probed with a claim of one item
+# whose provider calls try at most PROBE_ATTEMPTS times each.
+PROBE_ATTEMPTS = 2
+# Each item's chunking may take its share (by characters) of the claim's time, and at least this.
+ITEM_CHUNK_MIN_S = 10.0
 
 
 @dataclass
@@ -73,9 +80,13 @@ class ProcessingReport:
     embedded_tokens: int = 0
     indexed_chunks: int = 0
     released: int = 0  # claimed, then given back unprocessed (no attempt counted): time ran out
+    deferred: int = 0  # claimed, then given back after a provider failure (no attempt counted)
     done_ids: set[uuid.UUID] = field(default_factory=set)
     failed_ids: set[uuid.UUID] = field(default_factory=set)
     released_ids: set[uuid.UUID] = field(default_factory=set)
+    deferred_ids: set[uuid.UUID] = field(default_factory=set)
+    # The fleet's back-off when it stopped this run from claiming ({"state", "probe_at", ...}).
+    backed_off: dict[str, Any] | None = None
 
     def merge(self, other: ProcessingReport) -> None:
         for name in (
@@ -89,11 +100,14 @@ class ProcessingReport:
             "embedded_tokens",
             "indexed_chunks",
             "released",
+            "deferred",
         ):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.done_ids |= other.done_ids
         self.failed_ids |= other.failed_ids
         self.released_ids |= other.released_ids
+        self.deferred_ids |= other.deferred_ids
+        self.backed_off = other.backed_off or self.backed_off
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -107,6 +121,8 @@ class ProcessingReport:
             "embedded_tokens": self.embedded_tokens,
             "indexed_chunks": self.indexed_chunks,
             "released": self.released,
+            "deferred": self.deferred,
+            **({"backed_off": self.backed_off} if self.backed_off else {}),
         }
 
 
@@ -127,6 +143,87 @@ class _Prepared:
     started: float
 
 
+@dataclass(frozen=True)
+class _Trouble:
+    """Why an item of a claim is not stored: its own input ("item": an attempt is counted), the
+    provider ("provider": deferred, no attempt), or the clock ("time": released, no attempt)."""
+
+    error: NexusError
+    kind: str
+
+
+def _kind_of(error: NexusError) -> str:
+    code = getattr(error, "code", "")
+    if code == "deadline":
+        return "time"
+    if code == "insufficient_quota" or getattr(error, "retryable", False):
+        return "provider"
+    return "item"
+
+
+def _suspect(item: ClaimedItem) -> bool:
+    """Whether a transient failure of a batch holding this item may be the item's doing: it was
+    given back for a provider failure before, or charged for a failure of its own."""
+    return item.transient_failures > 0 or item.attempts > 1
+
+
+def _summary_troubles(
+    prepared: list[_Prepared],
+    outcomes: dict[uuid.UUID, str | SummaryError | None],
+    troubles: dict[uuid.UUID, _Trouble],
+) -> dict[uuid.UUID, _Trouble]:
+    """The troubles of items whose summary was not made (None: no time was left to start it)."""
+    found: dict[uuid.UUID, _Trouble] = {}
+    for p in prepared:
+        if p.item.id in troubles:
+            continue
+        outcome = outcomes.get(p.item.id)
+        if isinstance(outcome, SummaryError):
+            found[p.item.id] = _Trouble(outcome, _kind_of(outcome))
+        elif outcome is None:
+            found[p.item.id] = _Trouble(NexusError("No time was left to summarise the item."), "time")
+    return found
+
+
+class _SummaryMemo:
+    """Summaries paid for, by input key: read from the store once per claim (the first round of
+    each item; later rounds on demand), new ones written back together by `flush`."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._known: dict[str, str] = {}
+        self._looked_up: set[str] = set()
+        self._new: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def prefetch(self, keys: list[str]) -> None:
+        wanted = [k for k in dict.fromkeys(keys) if k not in self._looked_up]
+        if wanted:
+            found = self.store.find_summaries(wanted)
+            with self._lock:
+                self._known.update(found)
+                self._looked_up.update(wanted)
+
+    def get(self, key: str) -> str | None:
+        if key not in self._looked_up:
+            self.prefetch([key])
+        return self._known.get(key)
+
+    def put(self, key: str, summary: str) -> None:
+        with self._lock:
+            self._known[key] = summary
+            self._new[key] = summary
+
+    def flush(self) -> None:
+        """Keep the new summaries (a failure costs those calls again later, loses nothing)."""
+        with self._lock:
+            new, self._new = self._new, {}
+        try:
+            self.store.save_summaries(new)
+        except NexusError as exc:
+            get_logger().warning("summaries not kept", extra={"error": str(exc)})
+
+
 class Processor:
     """Processes items with one store, embedder and summariser (collaborators are parameters)."""
 
@@ -142,6 +239,9 @@ class Processor:
         retry_base_s: float = 30.0,
         batch_tokens: int = 1_200_000,
         summary_concurrency: int = 8,
+        probe_s: float = 120.0,
+        item_chunk_min_s: float = ITEM_CHUNK_MIN_S,
+        chunker: Callable[[str, int, int], list[Chunk]] = split_text,
         worker: str | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> None:
@@ -154,12 +254,20 @@ class Processor:
         self.retry_base_s = retry_base_s
         self.batch_chars = batch_tokens * CHARS_PER_TOKEN
         self.summary_concurrency = summary_concurrency
+        self.probe_s = probe_s
+        self.item_chunk_min_s = item_chunk_min_s
+        self.chunker = chunker
+        # The fleet's back-off is kept per API; offline providers have none.
+        self.provider = next(
+            (key for key in (getattr(p, "provider_key", None) for p in (embedder, summarizer)) if key), None
+        )
         self.worker = worker or new_worker_id()
         self.progress = progress
         self.logger = get_logger()
         # Measured by the sweep: seconds a claim took per item and per character of content.
         self._seconds_per_item: float | None = None
         self._seconds_per_char: float | None = None
+        self._checked: dict[str, bool] = {}  # shared with `for_worker` twins: checks done once
 
     def for_worker(self, worker: str) -> Processor:
         """The same processor (same store, embedder, summariser) acting as another worker."""
@@ -174,49 +282,95 @@ class Processor:
     ) -> ProcessingReport:
         """Claim and process these items (those already done, gone, or leased elsewhere are
         skipped), then spend up to INDEX_AFTER_ITEM_S moving stored chunks into the vector index.
-        `remaining_s` is the invocation's time left (a number: that many seconds from now)."""
+        `remaining_s` is the invocation's time left (a number: that many seconds from now).
+        While the fleet is backed off from the provider nothing is claimed (`backed_off` in the
+        report; the sweep takes the items later), except one item when a probe is due."""
         remaining = _remaining_fn(remaining_s)
         ids = list(dict.fromkeys(item_ids))
         if not ids:
             return ProcessingReport()
+        self.check_settings()
+        gate = self._gate()
+        if not gate["claim"]:
+            return ProcessingReport(backed_off=gate)
         claimed = self.store.claim_items(
-            self.worker, remaining() + LEASE_MARGIN_S, len(ids), self.max_attempts, item_ids=ids
+            self.worker,
+            remaining() + LEASE_MARGIN_S,
+            1 if gate["probe"] else len(ids),
+            self.max_attempts,
+            item_ids=ids,
         )
-        report = self.process_claimed(claimed, remaining)
+        report = self.process_claimed(claimed, remaining, probe=gate["probe"])
         if report.done:
             report.indexed_chunks += self.index_pending(remaining, budget_s=INDEX_AFTER_ITEM_S)
         return report
 
     def sweep(self, remaining_s: Callable[[], float]) -> ProcessingReport:
-        """Claim and process batches until nothing is left or the time is nearly up.
+        """Claim and process batches until nothing is left, the time is nearly up, or the fleet
+        is backed off from the provider.
 
         Each claim's lease is the remaining time plus LEASE_MARGIN_S, so a crashed invocation's
         items become claimable again shortly after it must have ended.
         """
+        self.check_settings()
         report = ProcessingReport()
         while remaining_s() > SWEEP_RESERVE_S:
+            gate = self._gate()
+            if not gate["claim"]:
+                report.backed_off = gate
+                break
             max_items, max_chars = self.claim_size(remaining_s())
             if max_items < 1:
                 break
             claimed = self.store.claim_items(
                 self.worker,
                 remaining_s() + LEASE_MARGIN_S,
-                max_items,
+                1 if gate["probe"] else max_items,
                 self.max_attempts,
                 max_chars=max_chars,
+                probe=gate["probe"],
             )
             if not claimed:
                 break
             started = time.monotonic()
-            report.merge(self.process_claimed(claimed, remaining_s))
+            report.merge(self.process_claimed(claimed, remaining_s, probe=gate["probe"]))
             elapsed = time.monotonic() - started
             self._seconds_per_item = elapsed / len(claimed)
             self._seconds_per_char = elapsed / max(sum(len(item.content) for item in claimed), 1)
-        if remaining_s() > SWEEP_RESERVE_S:
+        if remaining_s() > SWEEP_RESERVE_S and report.backed_off is None:
             # Folds a crash or a failed fold left behind (items stored, client summary not updated).
             self._fold_clients(set(self.store.clients_with_summary_backlog()), remaining_s)
         report.indexed_chunks += self.index_pending(remaining_s)
         return report
+
+    def check_settings(self) -> None:
+        """Settings that disagree with the database, named in one sentence before any provider is
+        called (checked once per processor)."""
+        if self._checked.get("schema"):
+            return
+        stored = self.store.schema_facts().get("embedding_dimensions")
+        if stored and int(stored) != self.embedder.dimensions:
+            raise ConfigError(
+                f"NEXUS_EMBEDDING_DIMENSIONS is {self.embedder.dimensions}, but the database stores "
+                f"{stored}-dimension embeddings (knowledge_chunks.embedding); set it to {stored}."
+            )
+        self._checked["schema"] = True
+
+    def _gate(self) -> dict[str, Any]:
+        """Whether this worker may claim now (and whether as the provider's probe)."""
+        if self.provider is None:
+            return {"state": "closed", "claim": True, "probe": False}
+        gate = self.store.provider_gate(self.provider, self.worker, self.probe_s)
+        if not gate.get("claim"):
+            self.logger.info(
+                "not claiming: the provider is backed off",
+                extra={
+                    "provider": self.provider,
+                    "state": gate.get("state"),
+                    "probe_at": gate.get("probe_at"),
+                },
+            )
+        return gate
 
     def claim_size(self, remaining_s: float) -> tuple[int, int]:
         """(items, characters) a sweep may claim with `remaining_s` left: a claim should take at
@@ -266,75 +420,201 @@ class Processor:
     # -- the pipeline -------------------------------------------------------------------------
 
     def process_claimed(
-        self, items: list[ClaimedItem], remaining_s: Callable[[], float] | None = None
+        self,
+        items: list[ClaimedItem],
+        remaining_s: Callable[[], float] | None = None,
+        *,
+        probe: bool = False,
     ) -> ProcessingReport:
-        """Process items this worker has claimed. Never raises for an item's failure: it is
-        recorded on the item (last_error, attempts) and reported in `failed_ids`. With
-        `remaining_s` (the invocation's time left), no summary starts once FINISH_RESERVE_S is
-        all that is left: the items still without one are released (`released` in the report)
-        and the rest are stored in time."""
+        """Process items this worker has claimed. Never raises for an item's failure.
+
+        Each item's trouble stays its own: an item that its own input makes fail (the provider
+        refusing it, chunking past its share of the time) records an attempt (last_error,
+        attempts) and is reported in `failed_ids`; an item a provider failure stopped (429, 5xx,
+        timeout, connection, no quota) is deferred with no attempt counted, and the fleet's
+        back-off is opened. With `remaining_s` (the invocation's time left), provider calls end
+        before the invocation does and no summary starts once FINISH_RESERVE_S is all that is
+        left: the items still without one are released (`released` in the report) and the rest
+        are stored in time. `probe`: this claim tests a backed-off provider (each call tries at
+        most PROBE_ATTEMPTS times; success lifts the back-off)."""
         report = ProcessingReport(claimed=len(items))
         if not items:
             return report
         if sys.getswitchinterval() > SWITCH_INTERVAL_S:
             sys.setswitchinterval(SWITCH_INTERVAL_S)  # for the process from now on: it processes
-        # Embedding requests go out while the rest of the claim is still being chunked, and
-        # summaries are made while the last requests fly: the stages overlap.
-        claim_chars = sum(len(item.content) for item in items)
-        with _EmbeddingFeed(self, report, claim_chars) as feed, ThreadPoolExecutor(CHUNK_THREADS) as chunkers:
-            prepared = []
-            # The tokenizer releases the GIL: two threads chunk about 1.4x as fast as one.
-            for p in chunkers.map(self._chunk, items):  # in claim order
-                prepared.append(p)
-                feed.add(p)
-            with ThreadPoolExecutor(max_workers=1) as background:
-                summarizing = background.submit(self._summarize_all, prepared, remaining_s)
-                vectors, failures = self._embeddings(prepared, feed, report)
-                outcomes = summarizing.result()
-        for p in prepared:
-            if p.item.id in failures:
-                self._fail(p.item, failures[p.item.id], report)
-        prepared = [p for p in prepared if p.item.id not in failures]
-        unsummarised = [p for p in prepared if outcomes[p.item.id] is None]
-        if unsummarised:
-            self._release(unsummarised, vectors, report)
-        summaries = self._summaries(prepared, outcomes, report)
+        end = math.inf if remaining_s is None else time.monotonic() + remaining_s()
+        with call_scope(end - SWEEP_RESERVE_S, PROBE_ATTEMPTS if probe else None):
+            prepared, troubles, vectors, outcomes, memo = self._run_stages(items, end, report)
+        troubles.update(_summary_troubles(prepared, outcomes, troubles))
+        if memo is not None:
+            memo.flush()
+        self._settle_troubles(prepared, troubles, vectors, report)
+        summaries = {
+            p.item.id: outcome
+            for p in prepared
+            if p.item.id not in troubles and isinstance((outcome := outcomes.get(p.item.id)), str)
+        }
         completed = [
             self._completed(p, vectors, summaries[p.item.id]) for p in prepared if p.item.id in summaries
         ]
         stored = self.store.complete_items(self.worker, completed)
         for c in completed:
             self._record_completion(c, stored, report)
-        self._fold_clients({c.item.client_id for c in completed if c.item.id in stored}, remaining_s)
+        self._provider_outcome(troubles, probe, report)
+        if report.backed_off is None:
+            self._fold_clients({c.item.client_id for c in completed if c.item.id in stored}, remaining_s)
         return report
 
-    def _release(self, prepared: list[_Prepared], vectors: dict[str, Any], report: ProcessingReport) -> None:
-        """Give back items the claim ran out of time for, keeping their chunks' vectors first (the
-        store's embedding cache), so whoever claims them next does not pay for them again."""
+    def _run_stages(
+        self, items: list[ClaimedItem], end: float, report: ProcessingReport
+    ) -> tuple[
+        list[_Prepared],
+        dict[uuid.UUID, _Trouble],
+        dict[str, Any],
+        dict[uuid.UUID, str | SummaryError | None],
+        _SummaryMemo | None,
+    ]:
+        """Chunk, embed and summarise, the stages overlapping: embedding requests go out while
+        the rest of the claim is still being chunked, and summaries are made while the last
+        requests fly. Returns the items chunked, the troubles met so far by item, the vectors by
+        chunk hash, each item's summary outcome, and the summary memo."""
+        claim_chars = sum(len(item.content) for item in items)
+        troubles: dict[uuid.UUID, _Trouble] = {}
+        memo = _SummaryMemo(self.store) if hasattr(self.summarizer, "first_keys") else None
+        with _EmbeddingFeed(self, report, claim_chars) as feed:
+            prepared = []
+            for item, outcome in self._chunk_all(items, end, claim_chars):
+                if isinstance(outcome, _Trouble):
+                    troubles[item.id] = outcome
+                    continue
+                prepared.append(outcome)
+                feed.add(outcome)
+            with ThreadPoolExecutor(max_workers=1) as background:
+                summarizing = submit(background, self._summarize_all, prepared, end, memo)
+                vectors, failures = self._embeddings(prepared, feed, report)
+                outcomes = summarizing.result()
+        troubles.update(failures)
+        return prepared, troubles, vectors, outcomes, memo
+
+    def _chunk_all(
+        self, items: list[ClaimedItem], end: float, claim_chars: int
+    ) -> Iterator[tuple[ClaimedItem, _Prepared | _Trouble]]:
+        """Each item chunked (in claim order, CHUNK_THREADS at a time), or the trouble that
+        stopped it: an item still chunking after its share of the claim's time (by characters,
+        at least ITEM_CHUNK_MIN_S) fails alone and is not waited for."""
+        # The tokenizer releases the GIL: two threads chunk about 1.4x as fast as one.
+        pool = ThreadPoolExecutor(CHUNK_THREADS)
+        try:
+            futures = [pool.submit(self._chunk, item) for item in items]
+            available = end - time.monotonic() - FINISH_RESERVE_S - SWEEP_RESERVE_S
+            for item, future in zip(items, futures, strict=True):
+                share = available * len(item.content) / max(claim_chars, 1)
+                budget = max(self.item_chunk_min_s, share)
+                try:
+                    yield item, future.result(timeout=None if budget == math.inf else budget)
+                except TimeoutError:
+                    future.cancel()
+                    yield (
+                        item,
+                        _Trouble(
+                            NexusError(
+                                f"Chunking took longer than this item's share of the invocation "
+                                f"({budget:.0f} s for {len(item.content)} characters)."
+                            ),
+                            "item",
+                        ),
+                    )
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def _settle_troubles(
+        self,
+        prepared: list[_Prepared],
+        troubles: dict[uuid.UUID, _Trouble],
+        vectors: dict[str, Any],
+        report: ProcessingReport,
+    ) -> None:
+        """Record each trouble on its item: its own (attempt counted), the provider's (deferred,
+        no attempt), or the clock's (released, no attempt). Vectors of items given back are kept
+        first, so whoever claims them next does not pay for them again."""
+        by_kind: dict[str, list[uuid.UUID]] = {"item": [], "provider": [], "time": []}
+        for item_id, trouble in troubles.items():
+            by_kind[trouble.kind].append(item_id)
+        given_back = set(by_kind["provider"]) | set(by_kind["time"])
+        kept = (
+            self._keep_vectors([p for p in prepared if p.item.id in given_back], vectors) if given_back else 0
+        )
+        items = {p.item.id: p.item for p in prepared}
+        for item_id in by_kind["item"]:
+            self._fail(items.get(item_id) or item_id, troubles[item_id].error, report)
+        if by_kind["provider"]:
+            error = next(troubles[i].error for i in by_kind["provider"])
+            report.deferred += self.store.defer_items(
+                by_kind["provider"], self.worker, str(error), self.retry_base_s
+            )
+            report.deferred_ids.update(by_kind["provider"])
+            self.logger.warning(
+                "claimed items given back: the provider failed",
+                extra={"items": len(by_kind["provider"]), "error": str(error), "vectors_kept": kept},
+            )
+        if by_kind["time"]:
+            report.released += self.store.release_items(by_kind["time"], self.worker)
+            report.released_ids.update(by_kind["time"])
+            self.logger.warning(
+                "claimed items given back: no time left to finish them",
+                extra={"items": len(by_kind["time"]), "vectors_kept": kept},
+            )
+
+    def _keep_vectors(self, prepared: list[_Prepared], vectors: dict[str, Any]) -> int:
+        """Keep the vectors of items given back (the store's embedding cache); how many."""
         kept = {h: vectors[h] for p in prepared for h in p.hashes if h in vectors}
         try:
             self.store.save_embeddings(kept, self.embedder.model, self.embedder.dimensions)
         except NexusError as exc:  # costs a second embedding pass later, loses nothing
-            self.logger.warning("embeddings of released items not kept", extra={"error": str(exc)})
-        ids = [p.item.id for p in prepared]
-        report.released += self.store.release_items(ids, self.worker)
-        report.released_ids.update(ids)
-        self.logger.warning(
-            "claimed items given back: no time left to summarise them",
-            extra={"items": len(ids), "vectors_kept": len(kept)},
-        )
+            self.logger.warning("embeddings of items given back not kept", extra={"error": str(exc)})
+            return 0
+        return len(kept)
+
+    def _provider_outcome(
+        self, troubles: dict[uuid.UUID, _Trouble], probe: bool, report: ProcessingReport
+    ) -> None:
+        """Open (or extend) the fleet's back-off after a provider failure; lift it after a
+        probe that met none."""
+        if self.provider is None:
+            return
+        errors = [t.error for t in troubles.values() if t.kind == "provider"]
+        if errors:
+            quota = any(getattr(e, "code", "") == "insufficient_quota" for e in errors)
+            error = next((e for e in errors if getattr(e, "code", "") == "insufficient_quota"), errors[0])
+            retry_after = max((getattr(e, "retry_after_s", None) or 0.0 for e in errors), default=0.0)
+            state = self.store.record_provider_failure(
+                self.provider, str(error), quota, retry_after or None, self.probe_s
+            )
+            report.backed_off = state
+            self.logger.warning(
+                "provider backed off for the whole fleet",
+                extra={"provider": self.provider, "error": str(error), **state},
+            )
+        elif probe and report.done and self.store.record_provider_success(self.provider):
+            self.logger.info(
+                "provider answered the probe: back-off lifted", extra={"provider": self.provider}
+            )
 
     def _chunk(self, item: ClaimedItem) -> _Prepared:
         started = time.monotonic()
-        chunks = split_text(item.content, self.chunk_tokens, self.chunk_overlap)
+        chunks = self.chunker(item.content, self.chunk_tokens, self.chunk_overlap)
         return _Prepared(item, chunks, [sha256_hex(c.text) for c in chunks], started)
 
     def _embeddings(
         self, prepared: list[_Prepared], feed: _EmbeddingFeed, report: ProcessingReport
-    ) -> tuple[dict[str, Any], dict[uuid.UUID, EmbeddingError]]:
-        """Vectors by chunk hash (stored ones reused, the rest embedded once each), and the items
-        that could not be embedded. A rejected packed request is retried item by item, so one
-        poison item fails alone instead of taking its batch with it."""
+    ) -> tuple[dict[str, Any], dict[uuid.UUID, _Trouble]]:
+        """Vectors by chunk hash (stored ones reused, the rest embedded once each), and the
+        troubles of the items that could not be embedded.
+
+        A refused packed request is retried item by item, so one poison item fails alone instead
+        of taking its batch with it. So is a transient failure, once an item of the batch was
+        given back for one before: a first failure is more likely an outage than a bad input,
+        and splitting then would multiply the requests."""
         vectors, error = feed.finish()
         texts = feed.texts
         missing = [h for h in texts if h not in vectors]
@@ -344,12 +624,20 @@ class Processor:
             self._embed_into(vectors, missing, texts, report)
             return vectors, {}
         except EmbeddingError as exc:
-            # A rejected batch is retried item by item so a poison item fails alone. A transient
-            # error is too, but only once the batch has failed before: a first failure is more
-            # likely an outage than a bad input, and splitting then would multiply the requests.
-            suspects = not exc.retryable or any(p.item.attempts > 1 for p in prepared)
-            if exc.code == "insufficient_quota" or len(prepared) == 1 or not suspects:
-                return vectors, {p.item.id: exc for p in prepared if any(h not in vectors for h in p.hashes)}
+            suspects = not exc.retryable or any(_suspect(p.item) for p in prepared)
+            if exc.code in ("insufficient_quota", "deadline") or len(prepared) == 1 or not suspects:
+                kind = _kind_of(exc)
+                if (
+                    len(prepared) == 1
+                    and kind == "provider"
+                    and exc.retryable
+                    and prepared[0].item.attempts > 1
+                ):
+                    kind = "item"  # alone, and charged for failing before: it fails the request itself
+                trouble = _Trouble(exc, kind)
+                return vectors, {
+                    p.item.id: trouble for p in prepared if any(h not in vectors for h in p.hashes)
+                }
         return vectors, self._embed_each(prepared, vectors, texts, report)
 
     def _embed_each(
@@ -358,25 +646,32 @@ class Processor:
         vectors: dict[str, Any],
         texts: dict[str, Chunk],
         report: ProcessingReport,
-    ) -> dict[uuid.UUID, EmbeddingError]:
-        """Embed item by item; after two transient failures in a row (an outage, not one bad
-        input) the rest fail without spending more requests."""
+    ) -> dict[uuid.UUID, _Trouble]:
+        """Embed item by item. After two transient failures in a row (an outage, not one bad
+        input) the rest are given back without spending more requests; an item whose transient
+        failure came while others were embedded is taken to cause it itself."""
         failures: dict[uuid.UUID, EmbeddingError] = {}
         transient_in_a_row = 0
+        embedded_any = False
         last: EmbeddingError | None = None
         for p in prepared:
+            wanted = [h for h in dict.fromkeys(p.hashes) if h not in vectors]
+            if not wanted:
+                continue
             if transient_in_a_row >= 2 and last is not None:
                 failures[p.item.id] = last
                 continue
             try:
-                self._embed_into(
-                    vectors, [h for h in dict.fromkeys(p.hashes) if h not in vectors], texts, report
-                )
+                self._embed_into(vectors, wanted, texts, report)
                 transient_in_a_row = 0
+                embedded_any = True
             except EmbeddingError as exc:
                 failures[p.item.id] = last = exc
                 transient_in_a_row = transient_in_a_row + 1 if exc.retryable else 0
-        return failures
+        return {
+            item_id: _Trouble(exc, "item" if embedded_any and exc.retryable else _kind_of(exc))
+            for item_id, exc in failures.items()
+        }
 
     def _embed_into(
         self,
@@ -397,50 +692,47 @@ class Processor:
         report.embedded_tokens += sum(texts[h].token_count for h in hashes)
 
     def _summarize_all(
-        self, prepared: list[_Prepared], remaining_s: Callable[[], float] | None
+        self, prepared: list[_Prepared], end: float, memo: _SummaryMemo | None
     ) -> dict[uuid.UUID, str | SummaryError | None]:
         """Each item's summary, the error that prevented it, or None when it was not made before
-        FINISH_RESERVE_S of `remaining_s` was left (several calls at a time for a remote summariser;
-        a call still running then is not waited for, and its answer is dropped)."""
+        FINISH_RESERVE_S before `end` (several calls at a time for a remote summariser; a call
+        still running then is not waited for, and its answer is dropped). Provider calls end by
+        then too, so an item alone in its claim cannot outlive the invocation; the parts of a
+        long item summarised so far are kept in `memo`."""
+        stop = end - FINISH_RESERVE_S
+        if memo is not None:
+            memo.prefetch(
+                [
+                    key
+                    for p in prepared
+                    for key in self.summarizer.first_keys(self._summary_input(p), p.item.source)  # type: ignore[attr-defined]
+                ]
+            )
 
-        def summarize(p: _Prepared) -> str | SummaryError:
+        def summarize(p: _Prepared) -> str | SummaryError | None:
+            if time.monotonic() >= stop:
+                return None
             try:
-                chunks = [c.text for c in p.chunks] if self.chunk_overlap == 0 else [p.item.content]
-                return self.summarizer.summarize_item(chunks, p.item.source)
+                if memo is not None:
+                    return self.summarizer.summarize_item(self._summary_input(p), p.item.source, memo=memo)  # type: ignore[call-arg]
+                return self.summarizer.summarize_item(self._summary_input(p), p.item.source)
             except SummaryError as exc:
                 return exc
 
-        def time_left_s() -> float:
-            return math.inf if remaining_s is None else remaining_s() - FINISH_RESERVE_S
-
         results: list[str | SummaryError | None]
-        if self.summary_concurrency > 1 and len(prepared) > 1 and not _is_local(self.summarizer):
-            pool = ThreadPoolExecutor(max_workers=self.summary_concurrency)
-            futures = [pool.submit(summarize, p) for p in prepared]
-            left = time_left_s()
-            wait(futures, timeout=None if left == math.inf else max(left, 0.0))
-            pool.shutdown(wait=False, cancel_futures=True)
-            results = [f.result() if f.done() and not f.cancelled() else None for f in futures]
-        else:
-            results = [summarize(p) if time_left_s() > 0 else None for p in prepared]
+        with call_scope(stop):
+            if self.summary_concurrency > 1 and len(prepared) > 1 and not _is_local(self.summarizer):
+                pool = ThreadPoolExecutor(max_workers=self.summary_concurrency)
+                futures = [submit(pool, summarize, p) for p in prepared]
+                wait(futures, timeout=None if stop == math.inf else max(stop - time.monotonic(), 0.0))
+                pool.shutdown(wait=False, cancel_futures=True)
+                results = [f.result() if f.done() and not f.cancelled() else None for f in futures]
+            else:
+                results = [summarize(p) for p in prepared]
         return {p.item.id: outcome for p, outcome in zip(prepared, results, strict=True)}
 
-    def _summaries(
-        self,
-        prepared: list[_Prepared],
-        outcomes: dict[uuid.UUID, str | SummaryError | None],
-        report: ProcessingReport,
-    ) -> dict[uuid.UUID, str]:
-        """The summaries of the items still in play; a failed summary fails its item (one never
-        made, None, was released by the caller)."""
-        summaries: dict[uuid.UUID, str] = {}
-        for p in prepared:
-            outcome = outcomes[p.item.id]
-            if isinstance(outcome, SummaryError):
-                self._fail(p.item, outcome, report)
-            elif outcome is not None:
-                summaries[p.item.id] = outcome
-        return summaries
+    def _summary_input(self, p: _Prepared) -> list[str]:
+        return [c.text for c in p.chunks] if self.chunk_overlap == 0 else [p.item.content]
 
     def _completed(self, p: _Prepared, vectors: dict[str, Any], summary: str) -> CompletedItem:
         records = [
@@ -475,21 +767,24 @@ class Processor:
         if self.progress is not None:
             self.progress(1)
 
-    def _fail(
-        self, item: ClaimedItem, error: EmbeddingError | SummaryError, report: ProcessingReport
-    ) -> None:
-        permanent = not error.retryable and getattr(error, "code", "") != "insufficient_quota"
+    def _fail(self, item: ClaimedItem | uuid.UUID, error: NexusError, report: ProcessingReport) -> None:
+        """Record an attempt the item's own input failed (a refusal uses up its attempts)."""
+        item_id = item if isinstance(item, uuid.UUID) else item.id
+        permanent = not getattr(error, "retryable", True)
         status = self.store.fail_item(
-            item.id, self.worker, str(error), self.max_attempts, self.retry_base_s, permanent
+            item_id, self.worker, str(error), self.max_attempts, self.retry_base_s, permanent
         )
         report.failed += 1
-        report.failed_ids.add(item.id)
+        report.failed_ids.add(item_id)
         self.logger.warning(
             "knowledge item failed",
             extra={
-                "knowledge_item_id": str(item.id),
-                "client_id": str(item.client_id),
-                "attempt": item.attempts,
+                "knowledge_item_id": str(item_id),
+                **(
+                    {}
+                    if isinstance(item, uuid.UUID)
+                    else {"client_id": str(item.client_id), "attempt": item.attempts}
+                ),
                 "error": str(error),
                 "status": status,
             },
@@ -501,16 +796,22 @@ class Processor:
         self, client_ids: set[uuid.UUID], remaining_s: Callable[[], float] | None = None
     ) -> None:
         """Fold each client's new item summaries; with `remaining_s`, no fold round starts with
-        less than SWEEP_RESERVE_S left (the backlog stays for the next run)."""
+        less than SWEEP_RESERVE_S left (the backlog stays for the next run). A provider failure
+        backs the fleet off and stops the folds."""
+        end = math.inf if remaining_s is None else time.monotonic() + remaining_s()
         for client_id in sorted(client_ids):
             if remaining_s is not None and remaining_s() < SWEEP_RESERVE_S:
                 break
             try:
-                fold_client_summary(self.store, self.summarizer, client_id, remaining_s=remaining_s)
+                with call_scope(end - SWEEP_RESERVE_S):
+                    fold_client_summary(self.store, self.summarizer, client_id, remaining_s=remaining_s)
             except SummaryError as exc:  # the backlog stays; the next run for this client folds it
                 self.logger.warning(
                     "client summary not updated", extra={"client_id": str(client_id), "error": str(exc)}
                 )
+                if _kind_of(exc) == "provider":
+                    self._provider_outcome({client_id: _Trouble(exc, "provider")}, False, ProcessingReport())
+                    break
 
 
 class _EmbeddingFeed:
@@ -660,7 +961,7 @@ class _EmbeddingFeed:
             return  # embedded (or failed) by the pipeline afterwards
         texts = [self.texts[h].text for h in pack]
         ids = [self.texts[h].token_ids for h in pack]
-        self._sent.append((pack, self._pool.submit(self.processor.embedder.embed, texts, tokens, ids)))
+        self._sent.append((pack, submit(self._pool, self.processor.embedder.embed, texts, tokens, ids)))
 
 
 def _remaining_fn(remaining_s: Callable[[], float] | float) -> Callable[[], float]:
@@ -700,8 +1001,11 @@ def fold_client_summary(
             break
         summary = summarizer.fold_client(backlog.get("summary") or "", [i["summary"] for i in items])
         ids = [uuid.UUID(str(i["id"])) for i in items]
+        processed_at = (
+            [str(i["processed_at"]) for i in items] if all(i.get("processed_at") for i in items) else None
+        )
         if store.save_client_summary(
-            client_id, int(backlog.get("version") or 0), summary, ids, summarizer.model
+            client_id, int(backlog.get("version") or 0), summary, ids, summarizer.model, processed_at
         ):
             saved = True
             continue
@@ -727,5 +1031,6 @@ def processor_from_settings(settings: Any, store: Store | None = None, **kwargs:
         retry_base_s=settings.retry_base_s,
         batch_tokens=settings.batch_tokens,
         summary_concurrency=settings.summary_concurrency,
+        probe_s=settings.provider_probe_s,
         **kwargs,
     )

@@ -160,8 +160,14 @@ def _item_response(item_id: uuid.UUID, report: ProcessingReport) -> HttpResponse
 
 
 def _item_status(item_id: uuid.UUID, report: ProcessingReport) -> str:
-    """done; released (time ran out before its summary: back in the queue for the sweep); or
-    skipped (already done, or leased by another worker)."""
+    """done; released (time ran out before its summary: back in the queue for the sweep);
+    deferred (the provider failed, or the fleet is backed off from it: the sweep takes it once
+    the provider answers, no attempt counted); or skipped (already done, or leased by another
+    worker)."""
     if item_id in report.done_ids:
         return "done"
-    return "released" if item_id in report.released_ids else "skipped"
+    if item_id in report.released_ids:
+        return "released"
+    if item_id in report.deferred_ids or report.backed_off is not None:
+        return "deferred"
+    return "skipped"

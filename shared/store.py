@@ -59,6 +59,7 @@ class ClaimedItem:
     embedding_model: str | None
     embedding_dimensions: int | None
     attempts: int
+    transient_failures: int = 0  # times given back for a provider failure (no attempt counted)
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> ClaimedItem:
@@ -72,6 +73,7 @@ class ClaimedItem:
             embedding_model=row["embedding_model"],
             embedding_dimensions=row["embedding_dimensions"],
             attempts=int(row["attempts"]),
+            transient_failures=int(row.get("transient_failures") or 0),
         )
 
 
@@ -153,9 +155,11 @@ class Store(Protocol):
         max_attempts: int,
         item_ids: list[uuid.UUID] | None = None,
         max_chars: int | None = None,
+        probe: bool = False,
     ) -> list[ClaimedItem]:
-        """Lease up to `max_items` items (and `max_chars` characters) for `worker`, oldest first
-        (see `claim_knowledge_items`)."""
+        """Lease up to `max_items` items (and `max_chars` characters) for `worker`, oldest first;
+        `probe`: the pending item given back least often for a provider failure (see
+        `claim_knowledge_items`)."""
         ...
 
     def find_embeddings(self, hashes: list[str], model: str, dimensions: int) -> dict[str, array[float]]:
@@ -189,6 +193,38 @@ class Store(Protocol):
         """Give unstarted claims back without counting an attempt."""
         ...
 
+    def defer_items(self, item_ids: list[uuid.UUID], worker: str, error: str, retry_base_s: float) -> int:
+        """Give claims back after a provider failure: no attempt counted, a short deferral of their
+        own (lifted when the provider recovers); see `defer_knowledge_items`."""
+        ...
+
+    def provider_gate(self, provider: str, worker: str, probe_s: float) -> dict[str, Any]:
+        """Whether `worker` may claim now given the fleet's back-off for `provider`:
+        {"state", "claim", "probe", ...} (see `provider_gate` in the migrations)."""
+        ...
+
+    def record_provider_failure(
+        self, provider: str, error: str, quota: bool, retry_after_s: float | None, probe_s: float
+    ) -> dict[str, Any]:
+        """Open (or extend) the fleet's back-off for `provider`."""
+        ...
+
+    def record_provider_success(self, provider: str) -> bool:
+        """Close the back-off for `provider` and free the items it deferred; whether one was open."""
+        ...
+
+    def find_summaries(self, keys: list[str]) -> dict[str, str]:
+        """Summaries kept by their input key (`shared.summaries.summary_key`)."""
+        ...
+
+    def save_summaries(self, summaries: dict[str, str]) -> int:
+        """Keep summaries by their input key; returns how many were new."""
+        ...
+
+    def schema_facts(self) -> dict[str, Any]:
+        """Facts settings must agree with, e.g. {"embedding_dimensions": 1536}."""
+        ...
+
     def client_summary(self, client_id: uuid.UUID) -> str | None:
         """The client's current summary, if it has one."""
         ...
@@ -199,9 +235,16 @@ class Store(Protocol):
         ...
 
     def save_client_summary(
-        self, client_id: uuid.UUID, expected_version: int, summary: str, item_ids: list[uuid.UUID], model: str
+        self,
+        client_id: uuid.UUID,
+        expected_version: int,
+        summary: str,
+        item_ids: list[uuid.UUID],
+        model: str,
+        processed_at: list[str] | None = None,
     ) -> bool:
-        """Store a folded summary unless another was saved since `expected_version`."""
+        """Store a folded summary unless another was saved since `expected_version`; marks folded
+        only the items still carrying the summary read (their `processed_at` from the backlog)."""
         ...
 
     def clients_with_summary_backlog(self, max_clients: int = 100) -> list[uuid.UUID]:
@@ -242,24 +285,25 @@ class PostgresStore:
         return sorted((IngestOutcome.from_row(row) for row in rows), key=lambda o: o.index)
 
     def ensure_client(self, client_id: uuid.UUID, name: str = "") -> None:
-        with self.holder.connection() as conn:
-            conn.execute("select public.ensure_client(%s, %s)", (client_id, name))
+        self._value("select public.ensure_client(%s, %s)", (client_id, name), idempotent=True)
 
     def status(self) -> dict[str, Any]:
-        with self.holder.connection() as conn:
-            row = conn.execute("select public.knowledge_status() as status").fetchone()
-        return dict(row["status"]) if row else {}
+        return dict(self._value("select public.knowledge_status()", (), idempotent=True) or {})
+
+    def _with_vectors(self, conn: Any) -> Any:
+        """`conn`, with pgvector's type registered on it (once per connection)."""
+        from shared.vectors import register_vector_type
+
+        if "vector" not in self.holder.prepared:
+            register_vector_type(conn)
+            self.holder.prepared.add("vector")
+        return conn
 
     @contextmanager
     def _vector_connection(self) -> Iterator[Any]:
         """The connection, with pgvector's type registered on it once."""
-        from shared.vectors import register_vector_type
-
         with self.holder.connection() as conn:
-            if "vector" not in self.holder.prepared:
-                register_vector_type(conn)
-                self.holder.prepared.add("vector")
-            yield conn
+            yield self._with_vectors(conn)
 
     def claim_items(
         self,
@@ -269,23 +313,28 @@ class PostgresStore:
         max_attempts: int,
         item_ids: list[uuid.UUID] | None = None,
         max_chars: int | None = None,
+        probe: bool = False,
     ) -> list[ClaimedItem]:
         with self.holder.connection() as conn:
             rows = conn.execute(
-                "select * from public.claim_knowledge_items(%s, %s, %s, %s, %s, %s)",
-                (worker, lease_s, max_items, max_attempts, item_ids, max_chars),
+                "select * from public.claim_knowledge_items(%s, %s, %s, %s, %s, %s, %s)",
+                (worker, lease_s, max_items, max_attempts, item_ids, max_chars, probe),
             ).fetchall()
         return [ClaimedItem.from_row(row) for row in rows]
 
     def find_embeddings(self, hashes: list[str], model: str, dimensions: int) -> dict[str, array[float]]:
         if not hashes:
             return {}
-        with self._vector_connection() as conn:
-            cursor = conn.cursor(binary=True)
-            rows = cursor.execute(
-                "select content_sha256, embedding from public.find_chunk_embeddings(%s, %s, %s)",
-                (hashes, model, dimensions),
-            ).fetchall()
+        statement = "select content_sha256, embedding from public.find_chunk_embeddings(%s, %s, %s)"
+        rows = self.holder.run(
+            lambda conn: (
+                self._with_vectors(conn)
+                .cursor(binary=True)
+                .execute(statement, (hashes, model, dimensions))
+                .fetchall()
+            ),
+            idempotent=True,
+        )
         return {row["content_sha256"]: row["embedding"] for row in rows}
 
     def save_embeddings(self, vectors: dict[str, array[float]], model: str, dimensions: int) -> int:
@@ -442,27 +491,76 @@ class PostgresStore:
         return backlog.get("summary") or None
 
     def client_summary_backlog(self, client_id: uuid.UUID, max_items: int = 50) -> dict[str, Any]:
-        with self.holder.connection() as conn:
-            row = conn.execute(
-                "select public.client_summary_backlog(%s, %s) as backlog", (client_id, max_items)
-            ).fetchone()
-        return dict(row["backlog"]) if row else {"summary": "", "version": 0, "items": []}
+        statement = "select public.client_summary_backlog(%s, %s)"
+        backlog = self._value(statement, (client_id, max_items), idempotent=True)
+        return dict(backlog) if backlog else {"summary": "", "version": 0, "items": []}
 
     def save_client_summary(
-        self, client_id: uuid.UUID, expected_version: int, summary: str, item_ids: list[uuid.UUID], model: str
+        self,
+        client_id: uuid.UUID,
+        expected_version: int,
+        summary: str,
+        item_ids: list[uuid.UUID],
+        model: str,
+        processed_at: list[str] | None = None,
     ) -> bool:
         with self.holder.connection() as conn:
             row = conn.execute(
-                "select public.save_client_summary(%s, %s, %s, %s, %s) as ok",
-                (client_id, expected_version, summary, item_ids, model),
+                "select public.save_client_summary(%s, %s, %s, %s, %s, %s::timestamptz[]) as ok",
+                (client_id, expected_version, summary, item_ids, model, processed_at),
             ).fetchone()
         return bool(row and row["ok"])
 
-    def clients_with_summary_backlog(self, max_clients: int = 100) -> list[uuid.UUID]:
+    def defer_items(self, item_ids: list[uuid.UUID], worker: str, error: str, retry_base_s: float) -> int:
+        if not item_ids:
+            return 0
+        return int(
+            self._value(
+                "select public.defer_knowledge_items(%s, %s, %s, %s)", (item_ids, worker, error, retry_base_s)
+            )
+            or 0
+        )
+
+    def provider_gate(self, provider: str, worker: str, probe_s: float) -> dict[str, Any]:
+        statement = "select public.provider_gate(%s, %s, %s)"
+        return dict(self._value(statement, (provider, worker, probe_s), idempotent=True))
+
+    def record_provider_failure(
+        self, provider: str, error: str, quota: bool, retry_after_s: float | None, probe_s: float
+    ) -> dict[str, Any]:
+        statement = "select public.record_provider_failure(%s, %s, %s, %s, probe_seconds => %s)"
+        return dict(self._value(statement, (provider, error, quota, retry_after_s, probe_s)))
+
+    def record_provider_success(self, provider: str) -> bool:
+        return bool(self._value("select public.record_provider_success(%s)", (provider,)))
+
+    def find_summaries(self, keys: list[str]) -> dict[str, str]:
+        if not keys:
+            return {}
         with self.holder.connection() as conn:
-            rows = conn.execute(
-                "select public.clients_with_summary_backlog(%s) as client_id", (max_clients,)
-            ).fetchall()
+            rows = conn.execute("select * from public.find_summaries(%s)", (keys,)).fetchall()
+        return {row["input_sha256"]: row["summary"] for row in rows}
+
+    def save_summaries(self, summaries: dict[str, str]) -> int:
+        if not summaries:
+            return 0
+        statement = "select public.save_summaries(%s, %s)"
+        return int(self._value(statement, (list(summaries), list(summaries.values()))) or 0)
+
+    def schema_facts(self) -> dict[str, Any]:
+        return dict(self._value("select public.knowledge_schema()", (), idempotent=True) or {})
+
+    def _value(self, statement: str, params: tuple[Any, ...], idempotent: bool = False) -> Any:
+        """The single value `statement` selects; `idempotent` calls survive a dropped idle
+        connection (`ConnectionHolder.run`)."""
+        row = self.holder.run(lambda conn: conn.execute(statement, params).fetchone(), idempotent=idempotent)
+        return next(iter(row.values())) if row else None
+
+    def clients_with_summary_backlog(self, max_clients: int = 100) -> list[uuid.UUID]:
+        statement = "select public.clients_with_summary_backlog(%s) as client_id"
+        rows = self.holder.run(
+            lambda conn: conn.execute(statement, (max_clients,)).fetchall(), idempotent=True
+        )
         return [uuid.UUID(str(row["client_id"])) for row in rows]
 
     def index_chunks(self, max_rows: int) -> int:
@@ -481,10 +579,11 @@ class PostgresStore:
         return int(row["n"]) if row else 0
 
     def search(self, embedding: array[float], k: int, client_id: uuid.UUID | None) -> list[SearchHit]:
-        with self._vector_connection() as conn:
-            rows = conn.execute(
-                "select * from public.match_knowledge_chunks(%s, %s, %s)", (embedding, k, client_id)
-            ).fetchall()
+        statement = "select * from public.match_knowledge_chunks(%s, %s, %s)"
+        rows = self.holder.run(
+            lambda conn: self._with_vectors(conn).execute(statement, (embedding, k, client_id)).fetchall(),
+            idempotent=True,
+        )
         return [SearchHit(**row) for row in rows]
 
 

@@ -10,15 +10,18 @@ The local summariser is extractive and offline: it picks the most representative
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import threading
 from collections import Counter
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from itertools import chain
 from typing import Any, Protocol
 
-from shared.embeddings import DEFAULT_BASE_URL, RetryPolicy, _error_of, _retry_after_s
+from shared.deadlines import request_timeout_s, submit
+from shared.embeddings import DEFAULT_BASE_URL, RetryPolicy, _error_of, _retry_after_s, provider_key
 from shared.errors import ConfigError, NexusError
 from shared.tokens import count_tokens
 
@@ -30,10 +33,30 @@ CLIENT_SUMMARY_WORDS = 150
 class SummaryError(NexusError):
     """Summarising failed. `retryable` says whether a later attempt may succeed."""
 
-    def __init__(self, message: str, *, retryable: bool, code: str = "") -> None:
+    def __init__(
+        self, message: str, *, retryable: bool, code: str = "", retry_after_s: float | None = None
+    ) -> None:
         super().__init__(message)
         self.retryable = retryable
         self.code = code
+        self.retry_after_s = retry_after_s  # what the provider asked for, when it did
+
+
+class SummaryMemo(Protocol):
+    """Summaries already paid for, by `summary_key` (the pipeline keeps them in the store)."""
+
+    def get(self, key: str) -> str | None: ...
+
+    def put(self, key: str, summary: str) -> None: ...
+
+
+def summary_key(model: str, instruction: str, text: str) -> str:
+    """What a chat summary is bound to: the model, the instruction and the input text."""
+    digest = hashlib.sha256()
+    for part in (model, instruction, text):
+        digest.update(part.encode("utf-8"))
+        digest.update(b"\x00")
+    return digest.hexdigest()
 
 
 class Summarizer(Protocol):
@@ -137,7 +160,13 @@ class LocalSummarizer:
 
 
 class OpenAISummarizer:
-    """gpt-4o-mini (or any chat model) through `/chat/completions`, with the embedder's retry policy."""
+    """gpt-4o-mini (or any chat model) through `/chat/completions`, with the embedder's retry policy.
+
+    A long item is map-reduced: its parts are summarised `map_concurrency` at a time, then the
+    partial summaries combined. With a memo, every call's answer is kept by `summary_key`, and
+    a call whose key the memo knows is not made again: an unchanged item reuses its summary, and
+    an item given back half-way resumes from the parts already summarised.
+    """
 
     def __init__(
         self,
@@ -146,13 +175,17 @@ class OpenAISummarizer:
         base_url: str | None = None,
         timeout_s: float = 90.0,
         retry: RetryPolicy | None = None,
+        map_concurrency: int = 4,
     ) -> None:
         import httpx
 
         self.model = model
         self.fold_batch = 50  # keeps each fold prompt well inside the model's context
         self.retry = retry or RetryPolicy()
+        self.map_concurrency = max(1, map_concurrency)
+        self.provider_key = provider_key(base_url)
         self._api_key = api_key  # only to mask it out of upstream error messages
+        self._timeout_s = timeout_s
         self._client = httpx.Client(
             base_url=(base_url or DEFAULT_BASE_URL).rstrip("/") + "/",
             headers={"authorization": f"Bearer {api_key}"},
@@ -162,19 +195,40 @@ class OpenAISummarizer:
     def close(self) -> None:
         self._client.close()
 
-    def summarize_item(self, chunks: Sequence[str], source: str = "") -> str:
-        groups = _group_chunks(chunks, MAP_INPUT_TOKENS)
-        instruction = (
+    def _item_instruction(self, source: str) -> str:
+        return (
             f"Summarise this document{f' ({source})' if source else ''} in at most {SUMMARY_WORDS} words. "
             "Keep names, numbers and decisions; no preamble."
         )
-        partials = [self._complete(instruction, group) for group in groups]
+
+    def first_keys(self, chunks: Sequence[str], source: str = "") -> list[str]:
+        """The memo keys of an item's first round of calls (for an item of one part, its summary)."""
+        instruction = self._item_instruction(source)
+        return [
+            summary_key(self.model, instruction, group) for group in _group_chunks(chunks, MAP_INPUT_TOKENS)
+        ]
+
+    def summarize_item(self, chunks: Sequence[str], source: str = "", memo: SummaryMemo | None = None) -> str:
+        instruction = self._item_instruction(source)
+        partials = self._map(instruction, _group_chunks(chunks, MAP_INPUT_TOKENS), memo)
         while len(partials) > 1:  # reduce until one summary remains
-            partials = [
-                self._complete(instruction + " These are summaries of consecutive parts.", group)
-                for group in _group_chunks(partials, MAP_INPUT_TOKENS)
-            ]
+            partials = self._map(
+                instruction + " These are summaries of consecutive parts.",
+                _group_chunks(partials, MAP_INPUT_TOKENS),
+                memo,
+            )
         return partials[0]
+
+    def _map(self, instruction: str, texts: list[str], memo: SummaryMemo | None) -> list[str]:
+        if len(texts) == 1 or self.map_concurrency == 1:
+            return [self._complete(instruction, text, memo) for text in texts]
+        with ThreadPoolExecutor(max_workers=min(self.map_concurrency, len(texts))) as pool:
+            futures = [submit(pool, self._complete, instruction, text, memo) for text in texts]
+            try:
+                return [future.result() for future in futures]
+            finally:
+                for future in futures:
+                    future.cancel()
 
     def fold_client(self, previous: str, item_summaries: Sequence[str]) -> str:
         instruction = (
@@ -186,7 +240,18 @@ class OpenAISummarizer:
         parts += [f"New document summary:\n{s}" for s in item_summaries]
         return self._complete(instruction, "\n\n".join(parts))
 
-    def _complete(self, instruction: str, text: str) -> str:
+    def _complete(self, instruction: str, text: str, memo: SummaryMemo | None = None) -> str:
+        key = summary_key(self.model, instruction, text) if memo is not None else ""
+        if memo is not None:
+            known = memo.get(key)
+            if known is not None:
+                return known
+        answer = self._call(instruction, text)
+        if memo is not None:
+            memo.put(key, answer)
+        return answer
+
+    def _call(self, instruction: str, text: str) -> str:
         import httpx
 
         body = {
@@ -194,11 +259,29 @@ class OpenAISummarizer:
             "temperature": 0.2,
             "messages": [{"role": "system", "content": instruction}, {"role": "user", "content": text}],
         }
-        problem = ""
-        for attempt in range(self.retry.max_attempts):
+        problem, retry_after = "", None
+        attempt = 0
+        while True:
+            timeout = request_timeout_s(self._timeout_s)
+            if timeout is None:
+                raise SummaryError(
+                    "No time was left in this invocation for the chat request.",
+                    retryable=True,
+                    code="deadline",
+                )
             retry_after = None
             try:
-                response = self._client.post("chat/completions", json=body)
+                response = self._client.post(
+                    "chat/completions", json=body, timeout=httpx.Timeout(timeout, connect=min(10.0, timeout))
+                )
+            except httpx.TimeoutException:
+                if timeout < self._timeout_s:
+                    raise SummaryError(
+                        "The chat request was still unanswered when the invocation's time ran out.",
+                        retryable=True,
+                        code="deadline",
+                    ) from None
+                problem = "the chat request timed out"
             except httpx.TransportError as exc:
                 problem = f"the chat endpoint failed ({type(exc).__name__})"
             else:
@@ -208,20 +291,35 @@ class OpenAISummarizer:
                     except (ValueError, KeyError, IndexError, TypeError):
                         problem = "malformed chat response"
                 else:
-                    code, message = _error_of(response.content, self._api_key)
-                    status = response.status_code
-                    if code == "insufficient_quota" or (400 <= status < 500 and status not in (408, 429)):
-                        raise SummaryError(
-                            f"The chat endpoint rejected the request (HTTP {status} {code}): {message}",
-                            retryable=False,
-                            code=code or str(status),
-                        )
-                    problem, retry_after = f"HTTP {status} {code}".strip(), _retry_after_s(response.headers)
-            if attempt + 1 < self.retry.max_attempts:
-                self.retry.sleep(self.retry.delay_s(attempt, retry_after))
+                    problem, retry_after = self._classify(response)
+            delay = self.retry.next_delay_s(attempt, retry_after)
+            if delay is None:
+                break
+            self.retry.sleep(delay)
+            attempt += 1
         raise SummaryError(
-            f"Summarising failed after {self.retry.max_attempts} attempts: {problem}.", retryable=True
+            f"Summarising failed after {attempt + 1} attempts: {problem}.",
+            retryable=True,
+            retry_after_s=retry_after,
         )
+
+    def _classify(self, response: Any) -> tuple[str, float | None]:
+        """Raise for answers that retrying cannot fix; else describe the transient problem."""
+        code, message = _error_of(response.content, self._api_key)
+        status = response.status_code
+        if code == "insufficient_quota":
+            raise SummaryError(
+                "The OpenAI account has no quota left (insufficient_quota); claiming is paused until it has.",
+                retryable=False,
+                code="insufficient_quota",
+            )
+        if 400 <= status < 500 and status not in (408, 429):
+            raise SummaryError(
+                f"The chat endpoint rejected the request (HTTP {status} {code}): {message}",
+                retryable=False,
+                code=code or str(status),
+            )
+        return f"HTTP {status} {code}".strip(), _retry_after_s(response.headers)
 
 
 def _group_chunks(chunks: Sequence[str], max_tokens: int) -> list[str]:

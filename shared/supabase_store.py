@@ -6,6 +6,11 @@ Failures map to one sentence naming what to fix: an unreachable Supabase or a tr
 error is `DatabaseUnavailable` (503, retry); a rejected key or missing function is a `ConfigError`
 naming the variable or the migrations; anything else is a `SupabaseError`. PostgREST's own
 message goes to the log, not to the caller.
+
+PostgREST returns at most `db-max-rows` rows (1000 on Supabase) of a set-returning function and
+drops the rest silently, after the function has run in full. So no call may produce more rows than
+`max_rows`: a claim leases at most `max_rows` items (a lease beyond it would come back to nobody),
+embedding look-ups go in pages of `max_rows` hashes, and search and backlog sizes are capped.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from shared.vectors import from_pgvector_text, to_pgvector_text
 
 CONNECT_TIMEOUT_S = 10
 REQUEST_TIMEOUT_S = 60
+DEFAULT_MAX_ROWS = 1000  # Supabase's db-max-rows
 
 # "Try again": PostgREST cannot reach the database (or its pool), or the database failed
 # transiently (connection, serialisation or deadlock, resources, operator intervention).
@@ -35,10 +41,16 @@ class SupabaseError(NexusError):
 class SupabaseStore:
     """Runs the store's SQL functions through supabase-py's `rpc` (service role key).
 
-    One HTTP client per store, reused across warm invocations; `close()` releases it.
+    One HTTP client per store, reused across warm invocations; `close()` releases it. `max_rows`
+    must not exceed the project's PostgREST `db-max-rows`.
     """
 
-    def __init__(self, url: str, service_role_key: str, client: Any = None) -> None:
+    def __init__(
+        self, url: str, service_role_key: str, client: Any = None, *, max_rows: int = DEFAULT_MAX_ROWS
+    ) -> None:
+        if max_rows < 1:
+            raise ValueError("max_rows must be at least 1.")
+        self.max_rows = max_rows
         self._http: Any = None
         if client is None:
             client = self._create_client(url, service_role_key)
@@ -107,16 +119,18 @@ class SupabaseStore:
         max_attempts: int,
         item_ids: list[uuid.UUID] | None = None,
         max_chars: int | None = None,
+        probe: bool = False,
     ) -> list[ClaimedItem]:
         rows = self.rpc(
             "claim_knowledge_items",
             {
                 "worker": worker,
                 "lease_seconds": lease_s,
-                "max_items": max_items,
+                "max_items": min(max_items, self.max_rows),
                 "max_attempts": max_attempts,
                 "item_ids": None if item_ids is None else [str(i) for i in item_ids],
                 "max_chars": max_chars,
+                "probe": probe,
             },
         )
         return [ClaimedItem.from_row(row) for row in rows or []]
@@ -124,8 +138,14 @@ class SupabaseStore:
     def find_embeddings(self, hashes: list[str], model: str, dimensions: int) -> dict[str, Any]:
         if not hashes:
             return {}
-        rows = self.rpc("find_chunk_embeddings", {"hashes": hashes, "model": model, "dimensions": dimensions})
-        return {row["content_sha256"]: _vector_from_json(row["embedding"]) for row in rows or []}
+        found: dict[str, Any] = {}
+        for start in range(0, len(hashes), self.max_rows):
+            page = hashes[start : start + self.max_rows]
+            rows = self.rpc(
+                "find_chunk_embeddings", {"hashes": page, "model": model, "dimensions": dimensions}
+            )
+            found.update((row["content_sha256"], _vector_from_json(row["embedding"])) for row in rows or [])
+        return found
 
     def save_embeddings(self, vectors: dict[str, Any], model: str, dimensions: int) -> int:
         if not vectors:
@@ -207,11 +227,19 @@ class SupabaseStore:
         return dict(self.rpc("client_summary_backlog", {"client": str(client_id), "max_items": max_items}))
 
     def clients_with_summary_backlog(self, max_clients: int = 100) -> list[uuid.UUID]:
-        rows = self.rpc("clients_with_summary_backlog", {"max_clients": max_clients}) or []
+        rows = (
+            self.rpc("clients_with_summary_backlog", {"max_clients": min(max_clients, self.max_rows)}) or []
+        )
         return [uuid.UUID(str(row)) for row in rows]
 
     def save_client_summary(
-        self, client_id: uuid.UUID, expected_version: int, summary: str, item_ids: list[uuid.UUID], model: str
+        self,
+        client_id: uuid.UUID,
+        expected_version: int,
+        summary: str,
+        item_ids: list[uuid.UUID],
+        model: str,
+        processed_at: list[str] | None = None,
     ) -> bool:
         return bool(
             self.rpc(
@@ -222,9 +250,56 @@ class SupabaseStore:
                     "new_summary": summary,
                     "folded_item_ids": [str(i) for i in item_ids],
                     "model_name": model,
+                    "folded_processed_at": processed_at,
                 },
             )
         )
+
+    def defer_items(self, item_ids: list[uuid.UUID], worker: str, error: str, retry_base_s: float) -> int:
+        if not item_ids:
+            return 0
+        params = {
+            "item_ids": [str(i) for i in item_ids],
+            "worker": worker,
+            "error": error,
+            "retry_base_seconds": retry_base_s,
+        }
+        return int(self.rpc("defer_knowledge_items", params) or 0)
+
+    def provider_gate(self, provider: str, worker: str, probe_s: float) -> dict[str, Any]:
+        params = {"provider_name": provider, "worker": worker, "probe_seconds": probe_s}
+        return dict(self.rpc("provider_gate", params))
+
+    def record_provider_failure(
+        self, provider: str, error: str, quota: bool, retry_after_s: float | None, probe_s: float
+    ) -> dict[str, Any]:
+        params = {
+            "provider_name": provider,
+            "error": error,
+            "quota": quota,
+            "retry_after_seconds": retry_after_s,
+            "probe_seconds": probe_s,
+        }
+        return dict(self.rpc("record_provider_failure", params))
+
+    def record_provider_success(self, provider: str) -> bool:
+        return bool(self.rpc("record_provider_success", {"provider_name": provider}))
+
+    def find_summaries(self, keys: list[str]) -> dict[str, str]:
+        found: dict[str, str] = {}
+        for start in range(0, len(keys), self.max_rows):
+            rows = self.rpc("find_summaries", {"keys": keys[start : start + self.max_rows]}) or []
+            found.update({row["input_sha256"]: row["summary"] for row in rows})
+        return found
+
+    def save_summaries(self, summaries: dict[str, str]) -> int:
+        if not summaries:
+            return 0
+        params = {"keys": list(summaries), "summaries": list(summaries.values())}
+        return int(self.rpc("save_summaries", params) or 0)
+
+    def schema_facts(self) -> dict[str, Any]:
+        return dict(self.rpc("knowledge_schema", {}) or {})
 
     def index_chunks(self, max_rows: int) -> int:
         return int(self.rpc("index_pending_chunks", {"max_rows": max_rows}) or 0)
@@ -234,7 +309,7 @@ class SupabaseStore:
             "match_knowledge_chunks",
             {
                 "query_embedding": to_pgvector_text(embedding),
-                "match_count": k,
+                "match_count": min(k, self.max_rows),
                 "filter_client_id": None if client_id is None else str(client_id),
             },
         )

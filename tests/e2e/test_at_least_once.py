@@ -44,6 +44,7 @@ from tests.support.process_helpers import (
     item_states,
     new_context,
     paragraph,
+    pass_time,
     sqs_event,
     webhook_insert_body,
 )
@@ -403,11 +404,14 @@ def _poison_batch(db: psycopg.Connection[Any], client_id: uuid.UUID) -> tuple[li
     return [i for n, i in enumerate(ids) if n != 4], ids[4]
 
 
-def _sweep_until_idle(processor: Processor, limit: int = 20) -> int:
-    """Sweep until a sweep claims nothing; returns how many sweeps did work."""
+def _sweep_until_idle(processor: Processor, db: psycopg.Connection[Any], limit: int = 20) -> int:
+    """Sweep, letting two minutes pass after each (the fleet's probe and the items' deferrals
+    come due), until a sweep claims nothing and finds no back-off; returns how many did work."""
     for sweep in range(limit):
-        if processor.sweep(lambda: 60.0).claimed == 0:
+        report = processor.sweep(lambda: 60.0)
+        if report.claimed == 0 and report.backed_off is None:
             return sweep
+        pass_time(db, 130)
     raise AssertionError(f"still claiming after {limit} sweeps")
 
 
@@ -440,7 +444,7 @@ def test_poison_item_fails_after_max_attempts_while_the_others_finish(
         retry_base_s=settings.retry_base_s,
     )
 
-    _sweep_until_idle(processor)
+    _sweep_until_idle(processor, db)
 
     states = item_states(db, [*healthy, poison])
     assert [states[i]["status"] for i in healthy] == ["done"] * len(healthy)
@@ -493,7 +497,7 @@ def test_sqs_batch_reports_only_the_bad_message_and_the_poison(
     assert state["status"] == "failed" and "HTTP 400" in state["last_error"]
 
 
-def test_sqs_redeliveries_leave_only_the_bad_message_and_a_transient_poison(
+def test_sqs_batch_hit_by_5xx_leaves_its_items_to_the_sweep_which_isolates_the_poison(
     db: psycopg.Connection[Any],
     db_client: uuid.UUID,
     server: PoisonOpenAIServer,
@@ -504,14 +508,21 @@ def test_sqs_redeliveries_leave_only_the_bad_message_and_a_transient_poison(
     healthy, poison = _poison_batch(db, db_client)
     healthy = healthy[:4]
     # The service with fast embedding retries (a collaborator is a constructor parameter).
-    service = ProcessService(processor=Processor(stores(), embedders(), LocalSummarizer(), max_attempts=3))
-    messages = _sqs_messages(healthy, poison)
+    processor = Processor(stores(), embedders(), LocalSummarizer(), max_attempts=3, retry_base_s=0)
+    service = ProcessService(processor=processor)
 
-    for _ in range(3):  # SQS redelivers the reported messages, up to maxReceiveCount
-        failed = _failed_messages(service.handle_sqs(sqs_event(messages), new_context()))
-        messages = [m for m in messages if m[0] in failed]
+    result = service.handle_sqs(sqs_event(_sqs_messages(healthy, poison)), new_context())
 
-    assert [m[0] for m in sorted(messages)] == ["bad-json", "poison"]
+    # A 5xx is the provider's, as far as anyone can tell yet: nothing is charged, nothing is left
+    # to SQS redeliveries (which would end in the dead-letter queue); the items wait, pending.
+    assert _failed_messages(result) == ["bad-json"]
+    states = item_states(db, [*healthy, poison])
+    assert {(s["status"], s["attempts"], s["transient_failures"]) for s in states.values()} == {
+        ("pending", 0, 1)
+    }
+
+    _sweep_until_idle(processor, db)
+
     for item_id in healthy:
         assert_exact_chunk_set(db, item_id)
     state = item_states(db, [poison])[poison]

@@ -245,6 +245,22 @@ def test_body_over_the_limit_is_413(
     assert count_items(admin, client_id) == 0
 
 
+def test_an_item_over_the_token_limit_is_413_naming_it_and_the_batch_stores_nothing(
+    ingest: Any, function_env: pytest.MonkeyPatch, admin: Any, client_id: uuid.UUID
+) -> None:
+    function_env.setenv("NEXUS_MAX_ITEM_TOKENS", "1000")
+    chinese = "这是一个没有空格的句子。" * 200  # 2,400 characters, about a token each
+    small = item(client_id, content="A short note.")
+    status, _, body = call(ingest, url_event({"items": [small, item(client_id, content=chinese)]}))
+
+    assert status == 413
+    assert [e["field"] for e in body["errors"]] == ["items.1.content"]
+    assert "NEXUS_MAX_ITEM_TOKENS" in body["errors"][0]["detail"]
+    assert count_items(admin, client_id) == 0
+    status, _, _ = call(ingest, url_event(item(client_id, content="这是一个句子。" * 100)))
+    assert status == 201
+
+
 def test_unknown_path_is_404(ingest: Any) -> None:
     status, _, body = call(ingest, url_event({}, path="/api/other"))
     assert status == 404 and body["status"] == 404

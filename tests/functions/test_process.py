@@ -315,3 +315,33 @@ def test_webhook_with_no_time_left_to_summarise_releases_the_item(
     status, body = call(process, webhook_event(insert_body(item_id, client_id)))  # time enough now
     assert status == 200 and body["status"] == "done"
     assert item_state(admin, item_id)["attempts"] == 1
+
+
+def test_webhook_while_the_fleet_is_backed_off_defers_the_item_without_calling_openai(
+    process: Any, function_env: pytest.MonkeyPatch, admin: Any, client_id: uuid.UUID
+) -> None:
+    from shared.embeddings import provider_key
+    from tests.support.openai_server import OpenAIServer
+
+    item_id = new_item(admin, client_id)
+    with OpenAIServer(latency_ms=0) as server:
+        function_env.setenv("NEXUS_EMBEDDING_PROVIDER", "openai")
+        function_env.setenv("OPENAI_API_KEY", "sk-test-backed-off")
+        function_env.setenv("OPENAI_BASE_URL", server.base_url)
+        admin.execute(
+            "insert into provider_backoff (provider, state, failures, opened_at, probe_at, last_error) "
+            "values (%s, 'open', 3, now(), now() + interval '1 minute', 'HTTP 503')",
+            (provider_key(server.base_url),),
+        )
+        try:
+            status, body = call(process, webhook_event(insert_body(item_id, client_id)))
+        finally:
+            admin.execute(
+                "delete from provider_backoff where provider = %s", (provider_key(server.base_url),)
+            )
+
+        assert status == 200 and body["status"] == "deferred"
+        assert body["backed_off"]["state"] == "open" and body["claimed"] == 0
+        assert server.stats.requests == 0
+    state = item_state(admin, item_id)
+    assert (state["status"], state["attempts"]) == ("pending", 0)

@@ -16,13 +16,19 @@ from typing import Any
 import psycopg
 import pytest
 
-from shared.embeddings import EmbeddingError, OpenAIEmbedder, RetryPolicy
+from shared.embeddings import EmbeddingError, OpenAIEmbedder, RetryPolicy, provider_key
 from shared.pipeline import Processor
 from shared.store import PostgresStore
 from shared.summaries import LocalSummarizer, OpenAISummarizer
 from shared.tokens import get_encoding
 from tests.support.openai_server import OpenAIServer, expected_embedding
-from tests.support.process_helpers import assert_exact_chunk_set, document, insert_items, item_states
+from tests.support.process_helpers import (
+    assert_exact_chunk_set,
+    backoff_state,
+    document,
+    insert_items,
+    item_states,
+)
 
 API_KEY = "sk-test-4f1c9a7e2b8d4c6fa0e3b5d7c9e1f2a3"
 MODEL = "text-embedding-3-small"
@@ -45,9 +51,12 @@ def running_server() -> Iterator[OpenAIServer]:
 
 
 @pytest.fixture
-def server(running_server: OpenAIServer) -> OpenAIServer:
-    """The module's server with zeroed stats and no queued fault."""
+def server(running_server: OpenAIServer, admin: psycopg.Connection[Any]) -> OpenAIServer:
+    """The module's server with zeroed stats, no queued fault, and no back-off from before."""
     running_server.reset()
+    admin.execute(
+        "delete from provider_backoff where provider = %s", (provider_key(running_server.base_url),)
+    )
     return running_server
 
 
@@ -321,7 +330,7 @@ def test_malformed_body_is_retried(
     assert (stats.embedding_attempts, stats.embedding_requests) == (2, 1)
 
 
-def test_persistent_server_errors_give_up_as_retryable(
+def test_persistent_server_errors_defer_the_item_uncharged_and_back_the_fleet_off(
     admin: psycopg.Connection[Any],
     client_id: uuid.UUID,
     store: PostgresStore,
@@ -333,12 +342,14 @@ def test_persistent_server_errors_give_up_as_retryable(
     server.enqueue_faults([{"endpoint": "embeddings", "status": 500}] * 3)
     report = processor(store, make_embedder(max_attempts=3), max_attempts=5).process_ids([item_id], 60)
 
-    assert report.failed_ids == {item_id}
+    assert report.deferred_ids == {item_id} and report.failed == 0
     assert server.stats.embedding_attempts == 3 and len(sleep.waits) == 2
     state = item_states(admin, [item_id])[item_id]
-    assert (state["status"], state["attempts"]) == ("failed", 1)  # retryable: attempts left for the sweep
-    assert "after 3 attempts" in state["last_error"] and "HTTP 500" in state["last_error"]
-    assert admin.execute("select now() as now").fetchone()["now"] < state["next_attempt_at"]
+    assert (state["status"], state["attempts"], state["last_error"]) == ("pending", 0, None)  # not charged
+    assert "after 3 attempts" in state["last_transient_error"] and "HTTP 500" in state["last_transient_error"]
+    backoff = backoff_state(admin, provider_key(server.base_url))
+    assert backoff is not None and backoff["state"] == "open" and "HTTP 500" in backoff["last_error"]
+    assert report.backed_off is not None and report.backed_off["state"] == "open"
 
 
 # -- faults that stop at once -------------------------------------------------------------------
@@ -357,7 +368,7 @@ def test_insufficient_quota_is_not_retried(
     assert server.stats.embedding_attempts == 1
 
 
-def test_insufficient_quota_fails_the_batch_with_one_request_and_keeps_old_chunks(
+def test_insufficient_quota_pauses_claiming_with_one_request_and_keeps_old_chunks(
     admin: psycopg.Connection[Any],
     client_id: uuid.UUID,
     store: PostgresStore,
@@ -378,17 +389,24 @@ def test_insufficient_quota_fails_the_batch_with_one_request_and_keeps_old_chunk
 
     report = work.process_ids(ids, 60)
 
-    assert report.failed_ids == set(ids)
+    assert report.deferred_ids == set(ids) and report.failed == 0
     assert server.stats.embedding_attempts == 1  # no retry, no item-by-item fallback
     states = item_states(admin, ids)
     for item_id in ids:
         state = states[item_id]
-        assert state["status"] == "failed" and state["attempts"] == 1  # retried once credit is added
-        assert "insufficient_quota" in state["last_error"] and "add credit" in state["last_error"]
+        assert (state["status"], state["attempts"]) == ("pending", 0)  # waits, charged nothing
+        assert "insufficient_quota" in state["last_transient_error"]
     kept = admin.execute(
         "select chunk_index, content from knowledge_chunks where knowledge_item_id = %s order by 1", (ids[0],)
     ).fetchall()
     assert kept == old_chunks
+    # Claiming is paused for the whole fleet until a probe finds quota again; status says so.
+    assert work.process_ids(ids, 60).backed_off is not None
+    assert server.stats.embedding_attempts == 1
+    providers = store.status()["providers"]
+    assert [(p["provider"], p["state"]) for p in providers if p["provider"] == work.provider] == [
+        (work.provider, "quota")
+    ]
 
 
 def test_a_failed_request_keeps_what_the_claims_other_requests_embedded(
@@ -418,11 +436,12 @@ def test_a_failed_request_keeps_what_the_claims_other_requests_embedded(
     assert server.stats.embedding_attempts == 2
     answered = server.stats.embedding_batches  # the request the server answered (inputs, tokens)
     assert len(answered) == 1 and 0 < report.done == answered[0][0] < 2048
-    assert report.done + report.failed == 2100
+    assert report.done + report.deferred == 2100 and report.failed == 0
     states = item_states(admin, ids)
     assert sum(1 for s in states.values() if s["status"] == "done") == report.done
-    failed = [s for s in states.values() if s["status"] == "failed"]
-    assert len(failed) == report.failed and all("insufficient_quota" in s["last_error"] for s in failed)
+    waiting = [s for s in states.values() if s["status"] == "pending"]
+    assert len(waiting) == report.deferred
+    assert all("insufficient_quota" in s["last_transient_error"] and s["attempts"] == 0 for s in waiting)
 
 
 def test_bad_request_is_not_retried(

@@ -17,6 +17,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from shared.chunking import chunk_text
 from shared.embeddings import LocalEmbedder
 from shared.pipeline import (
     CLAIM_TIME_SHARE,
@@ -150,3 +151,33 @@ def test_summary_concurrency_is_a_setting(
 
     with pytest.raises(ConfigError, match=r"^NEXUS_SUMMARY_CONCURRENCY is invalid: .*\(got '0'\)\.$"):
         load_settings({**environ, "NEXUS_SUMMARY_CONCURRENCY": "0"})
+
+
+def test_a_long_item_claimed_alone_is_given_back_in_time_and_resumes_where_it_stopped(
+    db: psycopg.Connection[Any], db_client: uuid.UUID, db_store: PostgresStore, slow_chat: OpenAIServer
+) -> None:
+    slow_chat.reset()
+    # Many 12 k-token parts, summarised one at a time at 0.3 s each: far more than the 1.5 s left.
+    (item_id,) = insert_items(db, db_client, [document(random.Random(9), 80, 700, "a long one")])
+    one_at_a_time = OpenAISummarizer("sk-test-time", base_url=slow_chat.base_url, map_concurrency=1)
+    processor = Processor(db_store, LocalEmbedder(), one_at_a_time)
+    try:
+        remaining = countdown(FINISH_RESERVE_S + 1.5)
+        first = processor.process_ids([item_id], remaining)
+        left_after_first = remaining()
+        calls_before = slow_chat.stats.chat_requests
+        again = processor.process_ids([item_id], 120)
+    finally:
+        one_at_a_time.close()
+
+    assert first.released_ids == {item_id} and first.failed == 0
+    assert left_after_first > FINISH_RESERVE_S - 2.0, "given back well before the invocation's end"
+    state = item_states(db, [item_id])[item_id]
+    assert again.done_ids == {item_id} and state["attempts"] == 1  # the release cost no attempt
+    assert calls_before > 0
+    parts = slow_chat.stats.chat_requests - calls_before - 2  # less the reduce and the client fold
+    row = db.execute("select content from knowledge_items where id = %s", (item_id,)).fetchone()
+    total_parts = len(one_at_a_time.first_keys(chunk_text(row["content"])))
+    # The parts summarised before are not paid again; only a call still in flight when the time
+    # ran out (answered by the server, dropped by the client) may be.
+    assert total_parts - calls_before <= parts <= total_parts - calls_before + 1

@@ -522,3 +522,110 @@ def test_kept_embeddings_are_found_again_on_both_backends(backend: Store) -> Non
     found = backend.find_embeddings([*vectors, f"{tag}-missing"], "model-x", 1536)
     assert {h: list(v) for h, v in found.items()} == {h: list(v) for h, v in vectors.items()}
     assert backend.find_embeddings(list(vectors), "model-y", 1536) == {}  # another model's are not reused
+
+
+# --- PostgREST's db-max-rows ---
+
+SMALL_MAX_ROWS = 50  # stands for Supabase's 1000, to keep the tests quick
+
+
+@pytest.fixture
+def small_postgrest(pg_url: str) -> Iterator[PostgrestStandIn]:
+    with PostgrestStandIn(pg_url, KEYS, max_rows=SMALL_MAX_ROWS) as server:
+        yield server
+
+
+def pending_items(admin: psycopg.Connection[Any], client_id: uuid.UUID, count: int) -> list[uuid.UUID]:
+    rows = admin.execute(
+        "insert into knowledge_items (client_id, source, content)"
+        " select %s, 'notes/' || n || '.md', 'Text ' || n from generate_series(1, %s) as n returning id",
+        (client_id, count),
+    ).fetchall()
+    return [r["id"] for r in rows]
+
+
+def leased_to(admin: psycopg.Connection[Any], worker: str) -> set[uuid.UUID]:
+    rows = admin.execute(
+        "select id from knowledge_items where status = 'processing' and lease_owner = %s", (worker,)
+    ).fetchall()
+    return {r["id"] for r in rows}
+
+
+def test_stand_in_answers_at_most_max_rows_of_a_function_that_ran_in_full(
+    small_postgrest: PostgrestStandIn, admin: psycopg.Connection[Any], client_id: uuid.UUID
+) -> None:
+    """What the store must allow for: asked for more than max rows, PostgREST leases them all
+    and returns max rows of them."""
+    ids = pending_items(admin, client_id, 2 * SMALL_MAX_ROWS)
+    worker = f"worker-{uuid.uuid4()}"
+    body = {"worker": worker, "lease_seconds": 60, "max_items": len(ids), "item_ids": [str(i) for i in ids]}
+    service = {"apikey": SERVICE_ROLE_KEY, "authorization": f"Bearer {SERVICE_ROLE_KEY}"}
+    with httpx.Client() as http:
+        reply = http.post(
+            f"{small_postgrest.url}/rest/v1/rpc/claim_knowledge_items", json=body, headers=service
+        )
+    assert reply.status_code == 200 and len(reply.json()) == SMALL_MAX_ROWS
+    assert reply.headers["content-range"] == f"0-{SMALL_MAX_ROWS - 1}/*"
+    assert leased_to(admin, worker) == set(ids)
+
+
+@pytest.mark.parametrize("by_ids", [True, False], ids=["item-ids", "sweep"])
+def test_claim_leases_only_what_comes_back(
+    small_postgrest: PostgrestStandIn, admin: psycopg.Connection[Any], client_id: uuid.UUID, by_ids: bool
+) -> None:
+    ids = pending_items(admin, client_id, 2 * SMALL_MAX_ROWS)
+    worker = f"worker-{uuid.uuid4()}"
+    store = SupabaseStore(small_postgrest.url, SERVICE_ROLE_KEY, max_rows=SMALL_MAX_ROWS)
+    try:
+        claimed = store.claim_items(worker, 60, len(ids), 5, item_ids=ids if by_ids else None)
+        leased = leased_to(admin, worker)
+        assert len(claimed) == SMALL_MAX_ROWS
+        assert leased == {item.id for item in claimed}  # no lease stranded beyond the answer
+        store.release_items(sorted(leased), worker)
+    finally:
+        store.close()
+
+
+def test_embedding_look_up_beyond_max_rows_goes_in_pages(small_postgrest: PostgrestStandIn) -> None:
+    from array import array
+
+    store = SupabaseStore(small_postgrest.url, SERVICE_ROLE_KEY, max_rows=SMALL_MAX_ROWS)
+    try:
+        tag = uuid.uuid4().hex
+        vectors = {f"{tag}-{i}": array("f", [float(i + 1)] * 8) for i in range(2 * SMALL_MAX_ROWS + 7)}
+        assert store.save_embeddings(vectors, "model-pages", 8) == len(vectors)
+        found = store.find_embeddings(list(vectors), "model-pages", 8)
+        assert {h: list(v) for h, v in found.items()} == {h: list(v) for h, v in vectors.items()}
+        assert [c.function for c in small_postgrest.calls].count("find_chunk_embeddings") == 3
+    finally:
+        store.close()
+
+
+def test_back_off_deferral_and_kept_summaries_behave_the_same_on_both_backends(
+    backend: Store, admin: psycopg.Connection[Any], client_id: uuid.UUID
+) -> None:
+    provider = f"openai http://backend-test-{uuid.uuid4().hex[:8]}/v1"
+    item_id = _new_item(admin, client_id, "An item the provider could not take, for now.")
+    assert len(backend.claim_items("w1", 60, 1, 5, item_ids=[item_id])) == 1
+
+    assert backend.provider_gate(provider, "w1", 120) == {"state": "closed", "claim": True, "probe": False}
+    assert backend.defer_items([item_id], "w1", "HTTP 503", 30) == 1
+    state = backend.record_provider_failure(provider, "HTTP 503", False, 45, 120)
+    assert state["state"] == "open"
+    gate = backend.provider_gate(provider, "w2", 120)
+    assert (gate["claim"], gate["probe"], gate["last_error"]) == (False, False, "HTTP 503")
+    row = stored(admin, item_id)
+    assert (row["status"], row["attempts"], row["transient_failures"]) == ("pending", 0, 1)
+
+    admin.execute("update provider_backoff set probe_at = now() where provider = %s", (provider,))
+    probe = backend.provider_gate(provider, "w2", 120)
+    assert (probe["claim"], probe["probe"]) == (True, True)
+    assert backend.provider_gate(provider, "w3", 120)["claim"] is False  # one probe at a time
+    assert backend.record_provider_success(provider) is True
+    assert backend.provider_gate(provider, "w3", 120)["claim"] is True
+    assert stored(admin, item_id)["next_attempt_at"] is None  # freed by the recovery
+
+    key = uuid.uuid4().hex
+    assert backend.save_summaries({key: "kept"}) == 1
+    assert backend.find_summaries([key, "unknown"]) == {key: "kept"}
+    assert backend.schema_facts() == {"embedding_dimensions": 1536}

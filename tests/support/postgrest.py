@@ -11,7 +11,9 @@ against the SQL in the migrations:
   the 401 Supabase's gateway (`apikey`) or PostgREST (bearer token) would give;
 - answers: a JSON array of row objects for set-returning and table functions, one object for a
   function returning one composite, the JSON value itself for a scalar, 204 for `void`; errors are
-  PostgREST's `{"code", "message", "details", "hint"}` with its SQLSTATE → HTTP status mapping.
+  PostgREST's `{"code", "message", "details", "hint"}` with its SQLSTATE → HTTP status mapping;
+- `max_rows` is PostgREST's `db-max-rows` (1000 on Supabase): a set-returning function runs in
+  full, but only its first `max_rows` rows are answered, the rest dropped without notice.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
+DEFAULT_MAX_ROWS = 1000  # Supabase's db-max-rows
 RPC_PATH = re.compile(r"^/rest/v1/rpc/(?P<function>[^/?#]+)/?(?:\?.*)?$")
 ANON_ROLE = "anon"
 
@@ -135,12 +138,21 @@ class PostgrestStandIn:
 
     `keys` maps each accepted API key (sent as `Authorization: Bearer` or `apikey`) to the role
     its calls run as. `url` is what `SUPABASE_URL` would be (the REST API is under `/rest/v1`).
+    `max_rows` caps the rows of a set-returning function's answer (None: no cap).
     """
 
-    def __init__(self, dsn: str, keys: Mapping[str, str], *, schema: str = "public") -> None:
+    def __init__(
+        self,
+        dsn: str,
+        keys: Mapping[str, str],
+        *,
+        schema: str = "public",
+        max_rows: int | None = DEFAULT_MAX_ROWS,
+    ) -> None:
         self.dsn = dsn
         self.keys = dict(keys)
         self.schema = schema
+        self.max_rows = max_rows
         self.calls: list[RpcCall] = []
         self._lock = threading.Lock()
         self._idle: list[psycopg.Connection[Any]] = []
@@ -268,7 +280,7 @@ class PostgrestStandIn:
                 conn.execute(
                     "select set_config('request.jwt.claims', %s, true)", (json.dumps({"role": role}),)
                 )
-                query = _call_query(self.schema, name, function, params)
+                query = _call_query(self.schema, name, function, params, self.max_rows)
                 result = conn.execute(query, {"body": json.dumps(params)} if params else None).fetchone()
         except psycopg.Error as exc:
             return _database_error(exc, role)
@@ -333,8 +345,12 @@ def _describe(row: dict[str, Any]) -> _Function:
     return _Function(arguments, required, row["returns_set"], row["return_type"], row["return_kind"])
 
 
-def _call_query(schema: str, name: str, function: _Function, params: dict[str, Any]) -> sql.Composed:
-    """`select <json> from json_to_record(<body>) as _pgrst_args (...), <function>(arg => ...)`."""
+def _call_query(
+    schema: str, name: str, function: _Function, params: dict[str, Any], max_rows: int | None
+) -> sql.Composed:
+    """`select <json> from json_to_record(<body>) as _pgrst_args (...), <function>(arg => ...)`;
+    a set's rows are aggregated from a subquery limited to `max_rows`, as PostgREST limits them
+    (the function scan still runs the function in full)."""
     given = [(arg, type_) for arg, type_ in function.arguments if arg in params]
     call = sql.SQL("{}.{}({})").format(
         sql.Identifier(schema),
@@ -354,12 +370,15 @@ def _call_query(schema: str, name: str, function: _Function, params: dict[str, A
     row = sql.SQL("lateral {} as _pgrst_row").format(call)
     if not function.returns_rows:
         row = sql.SQL("lateral {} as _pgrst_row (value)").format(call)
-    if function.returns_set:
-        value = sql.SQL("_pgrst_row" if function.returns_rows else "_pgrst_row.value")
-        select = sql.SQL("select coalesce(json_agg({}), '[]')::text as body").format(value)
-    else:
-        select = sql.SQL("select to_json(_pgrst_row)::text as body")
-    return sql.SQL("{} from {}").format(select, sql.SQL(", ").join([*arguments, row]))
+    source = sql.SQL(", ").join([*arguments, row])
+    if not function.returns_set:
+        return sql.SQL("select to_json(_pgrst_row)::text as body from {}").format(source)
+    value = sql.SQL("_pgrst_row" if function.returns_rows else "_pgrst_row.value")
+    limit = sql.SQL("") if max_rows is None else sql.SQL(" limit {}").format(sql.Literal(max_rows))
+    return sql.SQL(
+        "select coalesce(json_agg(_pgrst_page.value), '[]')::text as body"
+        " from (select {} as value from {}{}) as _pgrst_page"
+    ).format(value, source, limit)
 
 
 def _database_error(exc: psycopg.Error, role: str) -> Reply:

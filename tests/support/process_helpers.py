@@ -157,11 +157,29 @@ def assert_exact_chunk_set(admin: psycopg.Connection[Any], item_id: uuid.UUID, d
 
 def item_states(admin: psycopg.Connection[Any], ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, dict[str, Any]]:
     rows = admin.execute(
-        "select id, status, attempts, last_error, chunk_count, next_attempt_at, lease_owner "
+        "select id, status, attempts, last_error, chunk_count, next_attempt_at, lease_owner, "
+        "transient_failures, last_transient_error "
         "from knowledge_items where id = any(%s)",
         (list(ids),),
     ).fetchall()
     return {uuid.UUID(str(row["id"])): row for row in rows}
+
+
+def pass_time(db: psycopg.Connection[Any], seconds: float) -> None:
+    """Move every waiting time the database keeps (the fleet's next probe, items' deferrals and
+    retry backoffs) `seconds` closer, as if that much time had passed: no test sleeps for it."""
+    shift = f"{float(seconds)} seconds"
+    db.execute("update provider_backoff set probe_at = probe_at - %s::interval", (shift,))
+    db.execute(
+        "update knowledge_items set next_attempt_at = next_attempt_at - %s::interval "
+        "where next_attempt_at is not null",
+        (shift,),
+    )
+
+
+def backoff_state(db: psycopg.Connection[Any], provider: str) -> dict[str, Any] | None:
+    """The fleet's back-off row for `provider`, if any."""
+    return db.execute("select * from provider_backoff where provider = %s", (provider,)).fetchone()
 
 
 class _DiesWhileFolding:
