@@ -163,9 +163,9 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     waiting = status.get("chunks_awaiting_index", 0)
     print(f"processed in the last hour: {hour}; chunks: {chunks} ({waiting} awaiting the vector index)")
     for provider in status.get("providers", []):
-        why = "no quota left (insufficient_quota)" if provider["state"] == "quota" else "failing"
+        why = "has no quota left (insufficient_quota)" if provider["state"] == "quota" else "is failing"
         print(
-            f"claiming paused: {provider['provider']} is {why} since {provider['opened_at']}; "
+            f"claiming paused: {provider['provider']} {why} since {provider['opened_at']}; "
             f"next probe at {provider['probe_at']}; last error: {provider['last_error']}"
         )
     deferred = status.get("deferred_by_provider", 0)

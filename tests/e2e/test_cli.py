@@ -117,3 +117,46 @@ def test_openai_provider_without_a_key_names_the_variable(demo_home: Path) -> No
     )
     assert result.returncode == 1
     assert "OPENAI_API_KEY" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_status_says_when_claiming_is_paused_by_the_provider(
+    db_url: str, db: Any, db_client: uuid.UUID
+) -> None:
+    db.execute(
+        "insert into provider_backoff (provider, state, failures, opened_at, probe_at, last_error) "
+        "values ('openai https://api.openai.com/v1', 'quota', 1, now(), now() + interval '2 minutes', "
+        "'The OpenAI account has no quota left (insufficient_quota)')"
+    )
+    db.execute(
+        "insert into knowledge_items (client_id, source, content, last_transient_error, transient_failures, "
+        "next_attempt_at) values (%s, 'a', 'A note waiting for credit.', 'insufficient_quota', 1, "
+        "now() + interval '1 minute')",
+        (db_client,),
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NEXUS_", "SUPABASE_", "OPENAI_"))}
+    env["DATABASE_URL"] = db_url
+    shown = subprocess.run(
+        [*NEXUS, "status"],
+        cwd=ROOT / "tests",
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    as_json = json.loads(
+        subprocess.run(
+            [*NEXUS, "status", "--json"],
+            cwd=ROOT / "tests",
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+
+    assert "claiming paused: openai https://api.openai.com/v1 has no quota left (insufficient_quota)" in shown
+    assert "next probe at" in shown
+    assert "waiting on the provider: 1 item(s), no attempt counted" in shown
+    assert [p["state"] for p in as_json["providers"]] == ["quota"]
+    assert as_json["deferred_by_provider"] == 1
