@@ -27,6 +27,7 @@ from shared.tokens import count_tokens
 
 MAP_INPUT_TOKENS = 12_000  # bounded input per call, well inside gpt-4o-mini's context
 SUMMARY_WORDS = 120
+MAX_CHARS_PER_WORD = 8  # bounds an extractive summary's length where words are not spaced
 CLIENT_SUMMARY_WORDS = 150
 
 
@@ -125,7 +126,12 @@ def extract_summary(text: str, max_words: int = SUMMARY_WORDS) -> str:
     """The highest-scoring sentences (by frequency of their content words), in original order."""
     sentences = _clean_sentences(text)
     if not sentences:
-        return " ".join(text.split()[:max_words])
+        # No prose sentences (a table, code, base64, text written without spaces): the opening
+        # words, at most MAX_CHARS_PER_WORD characters a word, so one unspaced run cannot make the
+        # "summary" the whole document.
+        return " ".join(text[: max_words * MAX_CHARS_PER_WORD * 2].split()[:max_words])[
+            : max_words * MAX_CHARS_PER_WORD
+        ]
     # Each sentence's words are found once; counting (stop words too: they are never looked up)
     # and scoring reuse them.
     frequency = Counter(chain.from_iterable(words for _, words in sentences))

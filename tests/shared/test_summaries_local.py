@@ -125,3 +125,12 @@ _PIECES = [
 @example("The dock contacts must be cleaned every single week. \n1. \nÜnïcödé “quotes” continue here. ")
 def test_the_one_pass_cleaner_finds_the_sentences_the_definition_finds(text: str) -> None:
     assert sentences(text) == defined_sentences(text)
+
+
+def test_text_without_spaced_sentences_gets_a_bounded_summary() -> None:
+    chinese = "这是一个没有空格的很长的句子" * 20_000
+    base64_run = "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo" * 10_000
+    for text in (chinese, base64_run, "word " * 10_000):
+        summary = extract_summary(text)
+        assert 0 < len(summary) <= 120 * 8
+        assert text.startswith(summary.split()[0])
