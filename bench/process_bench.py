@@ -114,7 +114,7 @@ class PhaseTimer:
     def instrument(self, processor: Any, store: Any) -> None:
         """Time the pipeline's steps; instance attributes shadow the methods they wrap."""
         processor._chunk = self.wrap("chunk.threads", processor._chunk)
-        processor._summaries = self.wrap("summaries", processor._summaries)
+        processor._summarize_all = self.wrap("summaries", processor._summarize_all)
         processor._fold_clients = self.wrap("fold_client", processor._fold_clients)
         processor._record_completion = self.wrap("record", processor._record_completion)
         processor.embedder.embed = self.wrap("embed.requests", processor.embedder.embed)
@@ -190,9 +190,9 @@ def run_sweep_worker(args: argparse.Namespace) -> None:
     done_at: list[float] = []
     process_claimed = processor.process_claimed
 
-    def process_and_mark(*call_args: Any) -> Any:
+    def process_and_mark(*call_args: Any, **call_kwargs: Any) -> Any:
         try:
-            return process_claimed(*call_args)
+            return process_claimed(*call_args, **call_kwargs)
         finally:
             done_at.append(time.perf_counter())
 
@@ -975,7 +975,7 @@ PHASE_LABELS = {
     "chunk.lookups": "· look up stored embeddings by text hash (during the chunk stage)",
     "embed": "wait for the embedding requests still in flight, then decode",
     "embed.requests": "· each request from send to decoded answer, summed (they overlap chunking)",
-    "summaries": "item summaries",
+    "summaries": "item summaries (a background thread, beside the wait for embeddings)",
     "complete": "store: one transaction",
     "complete.finish": "· mark items done",
     "complete.copy": "· binary COPY of the chunk rows (btree inserts included; HNSW deferred)",

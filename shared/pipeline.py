@@ -267,7 +267,6 @@ class Processor:
         # Measured by the sweep: seconds a claim took per item and per character of content.
         self._seconds_per_item: float | None = None
         self._seconds_per_char: float | None = None
-        self._checked: dict[str, bool] = {}  # shared with `for_worker` twins: checks done once
 
     def for_worker(self, worker: str) -> Processor:
         """The same processor (same store, embedder, summariser) acting as another worker."""
@@ -345,16 +344,14 @@ class Processor:
 
     def check_settings(self) -> None:
         """Settings that disagree with the database, named in one sentence before any provider is
-        called (checked once per processor)."""
-        if self._checked.get("schema"):
-            return
+        called. Every run starts with it: a read that is safe to repeat, so a connection the
+        database dropped while the function sat idle is replaced here, before the claim."""
         stored = self.store.schema_facts().get("embedding_dimensions")
         if stored and int(stored) != self.embedder.dimensions:
             raise ConfigError(
                 f"NEXUS_EMBEDDING_DIMENSIONS is {self.embedder.dimensions}, but the database stores "
                 f"{stored}-dimension embeddings (knowledge_chunks.embedding); set it to {stored}."
             )
-        self._checked["schema"] = True
 
     def _gate(self) -> dict[str, Any]:
         """Whether this worker may claim now (and whether as the provider's probe)."""

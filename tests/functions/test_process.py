@@ -345,3 +345,21 @@ def test_webhook_while_the_fleet_is_backed_off_defers_the_item_without_calling_o
         assert server.stats.requests == 0
     state = item_state(admin, item_id)
     assert (state["status"], state["attempts"]) == ("pending", 0)
+
+
+def test_webhook_after_the_database_dropped_the_idle_connection_still_processes(
+    process: Any, admin: Any, client_id: uuid.UUID
+) -> None:
+    first = new_item(admin, client_id)
+    assert call(process, webhook_event(insert_body(first, client_id)))[1]["status"] == "done"
+    holder = process.service.processor.store.holder
+    pid = holder._conn.info.backend_pid
+    # A pooler or the server closes the connection while the function sits idle between calls.
+    admin.execute("select pg_terminate_backend(%s, 10000)", (pid,))
+
+    second = new_item(admin, client_id)
+    status, body = call(process, webhook_event(insert_body(second, client_id)))
+
+    assert (status, body["status"]) == (200, "done")
+    assert holder._conn.info.backend_pid != pid
+    assert item_state(admin, second)["attempts"] == 1
