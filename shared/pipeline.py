@@ -62,6 +62,10 @@ SWITCH_INTERVAL_S = 0.0005
 # A provider backed off (see `provider_gate` in the migrations) is probed with a claim of one item
 # whose provider calls try at most PROBE_ATTEMPTS times each.
 PROBE_ATTEMPTS = 2
+# A scheduled sweep waits for a backed-off provider's next probe only if this much of its time
+# would be left for work afterwards; it rechecks at least this often.
+PROBE_WAIT_MIN_WORK_S = 30.0
+PROBE_WAIT_STEP_S = 0.05
 # Each item's chunking may take its share (by characters) of the claim's time, and at least this.
 ITEM_CHUNK_MIN_S = 10.0
 
@@ -242,6 +246,7 @@ class Processor:
         probe_s: float = 120.0,
         item_chunk_min_s: float = ITEM_CHUNK_MIN_S,
         chunker: Callable[[str, int, int], list[Chunk]] = split_text,
+        sleep: Callable[[float], None] = time.sleep,
         worker: str | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> None:
@@ -257,6 +262,7 @@ class Processor:
         self.probe_s = probe_s
         self.item_chunk_min_s = item_chunk_min_s
         self.chunker = chunker
+        self.sleep = sleep
         # The fleet's back-off is kept per API; offline providers have none.
         self.provider = next(
             (key for key in (getattr(p, "provider_key", None) for p in (embedder, summarizer)) if key), None
@@ -304,9 +310,12 @@ class Processor:
             report.indexed_chunks += self.index_pending(remaining, budget_s=INDEX_AFTER_ITEM_S)
         return report
 
-    def sweep(self, remaining_s: Callable[[], float]) -> ProcessingReport:
+    def sweep(self, remaining_s: Callable[[], float], *, wait_for_probe: bool = False) -> ProcessingReport:
         """Claim and process batches until nothing is left, the time is nearly up, or the fleet
-        is backed off from the provider.
+        is backed off from the provider. With `wait_for_probe` (the scheduled sweep), a back-off
+        whose next probe is due while PROBE_WAIT_MIN_WORK_S would still be left is waited for,
+        and this sweep probes: the fleet probes as often as the back-off says even when sweeps
+        are scheduled further apart.
 
         Each claim's lease is the remaining time plus LEASE_MARGIN_S, so a crashed invocation's
         items become claimable again shortly after it must have ended.
@@ -317,7 +326,12 @@ class Processor:
             gate = self._gate()
             if not gate["claim"]:
                 report.backed_off = gate
+                wait_s = float(gate.get("probe_in_s") or 0.0)
+                if wait_for_probe and wait_s + PROBE_WAIT_MIN_WORK_S < remaining_s() - SWEEP_RESERVE_S:
+                    self.sleep(max(wait_s, PROBE_WAIT_STEP_S))
+                    continue
                 break
+            report.backed_off = None
             max_items, max_chars = self.claim_size(remaining_s())
             if max_items < 1:
                 break

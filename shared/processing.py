@@ -134,7 +134,7 @@ class ProcessService:
 
     def handle_schedule(self, context: Any = None) -> dict[str, Any]:
         """The scheduled sweep: process whatever is claimable within the remaining time."""
-        report = self._processor(context).sweep(remaining_time(context))
+        report = self._processor(context).sweep(remaining_time(context), wait_for_probe=True)
         get_logger().info("sweep finished", extra=report.as_dict())
         return {"status": "ok", **report.as_dict()}
 

@@ -111,6 +111,40 @@ def test_a_long_outage_fails_nothing_costs_few_calls_and_recovers_by_itself(
     assert db_store.status()["providers"] == []
 
 
+def test_a_scheduled_sweep_waits_for_the_next_probe_and_resumes_when_the_provider_does(
+    db: psycopg.Connection[Any],
+    db_client: uuid.UUID,
+    db_store: PostgresStore,
+    server: OpenAIServer,
+    embedder: OpenAIEmbedder,
+) -> None:
+    ids = _documents(db, db_client, 4, seed=6)
+    server.enqueue_faults([{"endpoint": "embeddings", "status": 503}] * 10_000)
+    waits: list[float] = []
+
+    def wait(seconds: float) -> None:
+        """The sweep's wait for the next probe: the database's clock moves on instead."""
+        waits.append(seconds)
+        pass_time(db, seconds)
+        if len(waits) == 4:
+            server.reset()  # the provider recovers during the fourth wait
+
+    processor = Processor(db_store, embedder, LocalSummarizer(), max_attempts=2, probe_s=120, sleep=wait)
+    report = processor.sweep(lambda: 280.0, wait_for_probe=True)
+
+    # One invocation: the first claim meets the outage, then it waits for each probe (10, 20,
+    # 40, 80 s: the back-off grows), and the probe after the recovery lifts it for the rest.
+    assert [round(w) for w in waits] == [10, 20, 40, 80]
+    assert report.done == len(ids) and report.failed == 0 and report.backed_off is None
+    assert {(s["status"], s["attempts"]) for s in item_states(db, ids).values()} == {("done", 1)}
+    # Without the wait (a webhook, the CLI), a sweep that finds the back-off ends at once.
+    server.enqueue_faults([{"endpoint": "embeddings", "status": 503}] * 10)
+    more = _documents(db, db_client, 1, seed=7)
+    assert processor.sweep(lambda: 280.0).deferred_ids == set(more)
+    assert processor.sweep(lambda: 280.0).backed_off is not None
+    assert len(waits) == 4
+
+
 def test_retries_inside_a_call_stop_at_the_invocations_deadline(server: OpenAIServer) -> None:
     waits: list[float] = []
     retry = RetryPolicy(max_attempts=6, base_s=0.001, sleep=waits.append)
