@@ -218,14 +218,16 @@ class _SummaryMemo:
             self._known[key] = summary
             self._new[key] = summary
 
-    def flush(self) -> None:
-        """Keep the new summaries (a failure costs those calls again later, loses nothing)."""
+    def flush(self) -> int:
+        """Keep the new summaries (a failure costs those calls again later, loses nothing);
+        returns how many calls were answered since the last flush."""
         with self._lock:
             new, self._new = self._new, {}
         try:
             self.store.save_summaries(new)
         except NexusError as exc:
             get_logger().warning("summaries not kept", extra={"error": str(exc)})
+        return len(new)
 
 
 class Processor:
@@ -457,8 +459,7 @@ class Processor:
         with call_scope(end - SWEEP_RESERVE_S, PROBE_ATTEMPTS if probe else None):
             prepared, troubles, vectors, outcomes, memo = self._run_stages(items, end, report)
         troubles.update(_summary_troubles(prepared, outcomes, troubles))
-        if memo is not None:
-            memo.flush()
+        chat_answers = memo.flush() if memo is not None else 0
         self._settle_troubles(prepared, troubles, vectors, report)
         summaries = {
             p.item.id: outcome
@@ -471,7 +472,10 @@ class Processor:
         stored = self.store.complete_items(self.worker, completed)
         for c in completed:
             self._record_completion(c, stored, report)
-        self._provider_outcome(troubles, probe, report)
+        # A probe proves the provider back only if it answered something (an item whose vectors
+        # and summary were all kept from before called nobody).
+        answered = report.embedded_chunks > 0 or chat_answers > 0
+        self._provider_outcome(troubles, probe and answered, report)
         if report.backed_off is None:
             self._fold_clients({c.item.client_id for c in completed if c.item.id in stored}, remaining_s)
         return report

@@ -145,6 +145,35 @@ def test_a_scheduled_sweep_waits_for_the_next_probe_and_resumes_when_the_provide
     assert len(waits) == 4
 
 
+def test_a_probe_that_calls_nobody_does_not_lift_the_back_off(
+    db: psycopg.Connection[Any],
+    db_client: uuid.UUID,
+    db_store: PostgresStore,
+    server: OpenAIServer,
+    embedder: OpenAIEmbedder,
+) -> None:
+    (done,) = _documents(db, db_client, 1, seed=8)
+    processor = Processor(db_store, embedder, LocalSummarizer(), probe_s=120)
+    assert processor.process_ids([done], 60).done == 1
+    content = db.execute("select content from knowledge_items where id = %s", (done,)).fetchone()["content"]
+    db.execute(
+        "insert into provider_backoff (provider, state, failures, opened_at, probe_at, last_error) "
+        "values (%s, 'open', 1, now(), now(), 'HTTP 503')",
+        (processor.provider,),
+    )
+    (twin,) = insert_items(db, db_client, [content])  # every chunk's vector is already stored
+    before = server.stats.embedding_attempts
+
+    report = processor.sweep(lambda: 60.0)
+
+    assert report.done_ids == {twin} and server.stats.embedding_attempts == before
+    assert backoff_state(db, processor.provider or "")["state"] == "open"  # type: ignore[index]
+    pass_time(db, 120)
+    (fresh,) = _documents(db, db_client, 1, seed=9)
+    assert processor.sweep(lambda: 60.0).done_ids == {fresh}
+    assert backoff_state(db, processor.provider or "")["state"] == "closed"  # type: ignore[index]
+
+
 def test_retries_inside_a_call_stop_at_the_invocations_deadline(server: OpenAIServer) -> None:
     waits: list[float] = []
     retry = RetryPolicy(max_attempts=6, base_s=0.001, sleep=waits.append)
