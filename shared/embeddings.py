@@ -2,9 +2,10 @@
 
 The OpenAI embedder packs inputs into as few requests as the API allows (≤ 2048 inputs,
 ≤ 300,000 tokens per request counted exactly, ≤ 8191 tokens per input), runs a bounded number
-of requests concurrently, and retries 429 / 5xx / timeouts with exponential backoff and full
-jitter, honouring Retry-After. `insufficient_quota` and other 4xx stop at once: retrying cannot
-help and would only cost money.
+of requests concurrently, and sends each through `shared.openai_http` (the one retry loop:
+429 / 5xx / timeouts with exponential backoff and full jitter, honouring Retry-After, within the
+invocation's deadline). `insufficient_quota` and other 4xx stop at once: retrying cannot help
+and would only cost money.
 
 It speaks HTTP with httpx rather than through the openai SDK: the SDK adds ~0.5 s to a cold
 start and decodes every vector into Python floats; here base64 float32 goes straight to
@@ -15,29 +16,34 @@ from __future__ import annotations
 
 import base64
 import json
-import random
 import re
 import sys
 import threading
-import time
 import zlib
 from array import array
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from itertools import pairwise
 from math import log, sqrt
 from typing import Any, Protocol
 
-from shared.deadlines import MIN_REQUEST_S, attempts_allowed, request_timeout_s, submit, time_left_s
+from shared.deadlines import submit
 from shared.errors import ConfigError, NexusError
+from shared.openai_http import (
+    DEFAULT_BASE_URL,
+    Call,
+    RetryPolicy,
+    error_of,
+    post_with_retries,
+    provider_key,
+    retry_after_s,
+)
 from shared.tokens import count_tokens
 
 MAX_INPUTS_PER_REQUEST = 2048
 MAX_TOKENS_PER_REQUEST = 300_000
 MAX_TOKENS_PER_INPUT = 8191
-DEFAULT_BASE_URL = "https://api.openai.com/v1"
 # OpenAI's embedding models, all tokenised with cl100k: they take token ids as input.
 CL100K_MODELS = frozenset({"text-embedding-3-small", "text-embedding-3-large", "text-embedding-ada-002"})
 LOCAL_MODEL = "local-hash-v1"
@@ -106,67 +112,6 @@ def pack_requests(
     if start < len(token_counts):
         groups.append(range(start, len(token_counts)))
     return groups
-
-
-def provider_key(base_url: str | None) -> str:
-    """The name the fleet's back-off knows an API by: every client of one endpoint shares it."""
-    return "openai " + (base_url or DEFAULT_BASE_URL).rstrip("/")
-
-
-def _retry_after_s(headers: Any) -> float | None:
-    """Seconds from `retry-after-ms` or `Retry-After` (seconds or an HTTP date), if present."""
-    if headers.get("retry-after-ms"):
-        try:
-            return float(headers["retry-after-ms"]) / 1000
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        try:
-            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-        except (TypeError, ValueError):
-            return None
-
-
-def _error_of(body: bytes, secret: str = "") -> tuple[str, str]:
-    """(code or type, message) from an OpenAI error body, tolerating anything. `secret` (the API
-    key) is masked out of the message: some compatible proxies echo the key they received."""
-    try:
-        error = json.loads(body).get("error") or {}
-        message = str(error.get("message") or "")
-        if secret:
-            message = message.replace(secret, "[redacted]")
-        return str(error.get("code") or error.get("type") or ""), message[:300]
-    except (ValueError, AttributeError):
-        return "", ""
-
-
-@dataclass
-class RetryPolicy:
-    max_attempts: int = 6
-    base_s: float = 0.5
-    cap_s: float = 20.0
-    sleep: Callable[[float], None] = time.sleep
-
-    def delay_s(self, attempt: int, retry_after_s: float | None) -> float:
-        if retry_after_s is not None:
-            return min(retry_after_s, self.cap_s * 3)
-        return random.uniform(0, min(self.cap_s, self.base_s * 2**attempt))  # noqa: S311 - jitter
-
-    def next_delay_s(self, attempt: int, retry_after_s: float | None) -> float | None:
-        """The wait before attempt `attempt + 1` (0-based `attempt` just failed), or None when
-        there is none: the attempts are used up (the call scope may allow fewer), or the wait
-        and a request after it would not end before the invocation's deadline."""
-        if attempt + 1 >= attempts_allowed(self.max_attempts):
-            return None
-        delay = self.delay_s(attempt, retry_after_s)
-        if time_left_s() - delay < MIN_REQUEST_S:
-            return None
-        return delay
 
 
 class OpenAIEmbedder:
@@ -271,71 +216,26 @@ class OpenAIEmbedder:
     def _request(self, inputs_json: str, inputs: int, tokens: int) -> list[array[float]]:
         """One request for `inputs` inputs, given as `inputs_json` (a JSON array of texts or of
         token id arrays); retried as the policy says."""
-
         fields: dict[str, Any] = {"model": self.model, "encoding_format": "base64"}
         if self.model.startswith("text-embedding-3"):
             fields["dimensions"] = self.dimensions
         body = f'{json.dumps(fields)[:-1]}, "input": {inputs_json}}}'.encode()
-        last_problem, retry_after = "", None
-        attempt = 0
-        while True:
-            timeout = request_timeout_s(self._timeout_s)
-            if timeout is None:
-                raise EmbeddingError(
-                    "No time was left in this invocation for the embeddings request"
-                    + (f" (last problem: {last_problem})." if last_problem else "."),
-                    retryable=True,
-                    code="deadline",
-                )
-            vectors, last_problem, retry_after = self._attempt(body, inputs, timeout)
-            if vectors is not None:
-                self._count(inputs, tokens, attempt)
-                return vectors
-            delay = self.retry.next_delay_s(attempt, retry_after)
-            if delay is None:
-                break
-            self.retry.sleep(delay)
-            attempt += 1
-        raise EmbeddingError(
-            f"Embedding failed after {attempt + 1} attempts: {last_problem}.",
-            retryable=True,
-            retry_after_s=retry_after,
+        call = Call(
+            "embeddings",
+            "the embeddings request",
+            "the embeddings endpoint",
+            "Embedding failed",
+            EmbeddingError,
+            lambda content: self._parse(content, inputs),
+            self._classify,
         )
-
-    def _attempt(
-        self, body: bytes, inputs: int, timeout_s: float
-    ) -> tuple[list[array[float]] | None, str, float | None]:
-        """One try: (vectors, "", None), or (None, the transient problem, its Retry-After)."""
-        import httpx
-
-        try:
-            response = self._client.post(
-                "embeddings",
-                content=body,
-                headers=_JSON,
-                timeout=httpx.Timeout(timeout_s, connect=min(10.0, timeout_s)),
-            )
-        except httpx.TimeoutException:
-            if timeout_s < self._timeout_s:
-                raise EmbeddingError(
-                    "The embeddings request was still unanswered when the invocation's time ran out.",
-                    retryable=True,
-                    code="deadline",
-                ) from None
-            return None, "the embeddings request timed out", None
-        except httpx.TransportError as exc:
-            return None, f"the embeddings endpoint could not be reached ({type(exc).__name__})", None
-        if response.status_code != 200:
-            problem, retry_after = self._classify(response)
-            return None, problem, retry_after
-        try:
-            return self._parse(response.content, inputs), "", None
-        except EmbeddingError as exc:
-            return None, str(exc), None
+        vectors, attempts = post_with_retries(self._client, call, body, self._timeout_s, self.retry)
+        self._count(inputs, tokens, attempts - 1)
+        return list(vectors)
 
     def _classify(self, response: Any) -> tuple[str, float | None]:
         """Raise for answers that retrying cannot fix; else describe the transient problem."""
-        code, message = _error_of(response.content, self._api_key)
+        code, message = error_of(response.content, self._api_key)
         status = response.status_code
         if code == "insufficient_quota":
             raise EmbeddingError(
@@ -344,7 +244,7 @@ class OpenAIEmbedder:
                 code="insufficient_quota",
             )
         if status == 429 or status >= 500 or status == 408:
-            return f"HTTP {status} {code}".strip(), _retry_after_s(response.headers)
+            return f"HTTP {status} {code}".strip(), retry_after_s(response.headers)
         raise EmbeddingError(
             f"The embeddings endpoint rejected the request (HTTP {status} {code}): {message}".rstrip(": "),
             retryable=False,
@@ -374,9 +274,6 @@ class OpenAIEmbedder:
             self.stats.inputs += inputs
             self.stats.tokens += tokens
             self.stats.retries += retries
-
-
-_JSON = {"content-type": "application/json"}
 
 
 def _ids_json(ids: Sequence[Sequence[int]]) -> str:

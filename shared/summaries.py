@@ -20,9 +20,17 @@ from concurrent.futures import ThreadPoolExecutor
 from itertools import chain
 from typing import Any, Protocol
 
-from shared.deadlines import request_timeout_s, submit
-from shared.embeddings import DEFAULT_BASE_URL, RetryPolicy, _error_of, _retry_after_s, provider_key
+from shared.deadlines import submit
 from shared.errors import ConfigError, NexusError
+from shared.openai_http import (
+    DEFAULT_BASE_URL,
+    Call,
+    RetryPolicy,
+    error_of,
+    post_with_retries,
+    provider_key,
+    retry_after_s,
+)
 from shared.tokens import count_tokens
 
 MAP_INPUT_TOKENS = 12_000  # bounded input per call, well inside gpt-4o-mini's context
@@ -166,7 +174,7 @@ class LocalSummarizer:
 
 
 class OpenAISummarizer:
-    """gpt-4o-mini (or any chat model) through `/chat/completions`, with the embedder's retry policy.
+    """gpt-4o-mini (or any chat model) through `/chat/completions` (`shared.openai_http`'s retries).
 
     A long item is map-reduced: its parts are summarised `map_concurrency` at a time, then the
     partial summaries combined. With a memo, every call's answer is kept by `summary_key`, and
@@ -258,60 +266,28 @@ class OpenAISummarizer:
         return answer
 
     def _call(self, instruction: str, text: str) -> str:
-        import httpx
-
         body = {
             "model": self.model,
             "temperature": 0.2,
             "messages": [{"role": "system", "content": instruction}, {"role": "user", "content": text}],
         }
-        problem, retry_after = "", None
-        attempt = 0
-        while True:
-            timeout = request_timeout_s(self._timeout_s)
-            if timeout is None:
-                raise SummaryError(
-                    "No time was left in this invocation for the chat request.",
-                    retryable=True,
-                    code="deadline",
-                )
-            retry_after = None
-            try:
-                response = self._client.post(
-                    "chat/completions", json=body, timeout=httpx.Timeout(timeout, connect=min(10.0, timeout))
-                )
-            except httpx.TimeoutException:
-                if timeout < self._timeout_s:
-                    raise SummaryError(
-                        "The chat request was still unanswered when the invocation's time ran out.",
-                        retryable=True,
-                        code="deadline",
-                    ) from None
-                problem = "the chat request timed out"
-            except httpx.TransportError as exc:
-                problem = f"the chat endpoint failed ({type(exc).__name__})"
-            else:
-                if response.status_code == 200:
-                    try:
-                        return str(json.loads(response.content)["choices"][0]["message"]["content"]).strip()
-                    except (ValueError, KeyError, IndexError, TypeError):
-                        problem = "malformed chat response"
-                else:
-                    problem, retry_after = self._classify(response)
-            delay = self.retry.next_delay_s(attempt, retry_after)
-            if delay is None:
-                break
-            self.retry.sleep(delay)
-            attempt += 1
-        raise SummaryError(
-            f"Summarising failed after {attempt + 1} attempts: {problem}.",
-            retryable=True,
-            retry_after_s=retry_after,
+        call = Call(
+            "chat/completions",
+            "the chat request",
+            "the chat endpoint",
+            "Summarising failed",
+            SummaryError,
+            _chat_answer,
+            self._classify,
         )
+        answer, _ = post_with_retries(
+            self._client, call, json.dumps(body).encode(), self._timeout_s, self.retry
+        )
+        return str(answer)
 
     def _classify(self, response: Any) -> tuple[str, float | None]:
         """Raise for answers that retrying cannot fix; else describe the transient problem."""
-        code, message = _error_of(response.content, self._api_key)
+        code, message = error_of(response.content, self._api_key)
         status = response.status_code
         if code == "insufficient_quota":
             raise SummaryError(
@@ -325,7 +301,15 @@ class OpenAISummarizer:
                 retryable=False,
                 code=code or str(status),
             )
-        return f"HTTP {status} {code}".strip(), _retry_after_s(response.headers)
+        return f"HTTP {status} {code}".strip(), retry_after_s(response.headers)
+
+
+def _chat_answer(content: bytes) -> str:
+    """The answer's text; a retryable SummaryError for a malformed answer."""
+    try:
+        return str(json.loads(content)["choices"][0]["message"]["content"]).strip()
+    except (ValueError, KeyError, IndexError, TypeError):
+        raise SummaryError("malformed chat response", retryable=True) from None
 
 
 def _group_chunks(chunks: Sequence[str], max_tokens: int) -> list[str]:
