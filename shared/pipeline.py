@@ -171,19 +171,41 @@ def _suspect(item: ClaimedItem) -> bool:
     return item.transient_failures > 0 or item.attempts > 1
 
 
+def _blamed(item: ClaimedItem, error: NexusError, probe: bool, evidence: bool) -> str:
+    """The kind of an item's failure. A transient one is the item's own when the item is a
+    suspect (given back or charged before), the claim is not a probe (so the fleet was not backed
+    off: the provider answered since), and there is `evidence` that the item, not the provider,
+    fails: the same API answered the claim's other items, or the item was alone in its claim.
+    Otherwise as `_kind_of` says. A long outage claims only through probes: it charges nobody."""
+    kind = _kind_of(error)
+    if (
+        kind == "provider"
+        and getattr(error, "retryable", False)
+        and not probe
+        and evidence
+        and _suspect(item)
+    ):
+        return "item"
+    return kind
+
+
 def _summary_troubles(
     prepared: list[_Prepared],
     outcomes: dict[uuid.UUID, str | SummaryError | None],
     troubles: dict[uuid.UUID, _Trouble],
+    probe: bool = False,
+    chat_answered: bool = False,
 ) -> dict[uuid.UUID, _Trouble]:
-    """The troubles of items whose summary was not made (None: no time was left to start it)."""
+    """The troubles of items whose summary was not made (None: no time was left to start it).
+    `chat_answered`: the chat API answered calls of this claim."""
     found: dict[uuid.UUID, _Trouble] = {}
+    evidence = chat_answered or len(prepared) == 1
     for p in prepared:
         if p.item.id in troubles:
             continue
         outcome = outcomes.get(p.item.id)
         if isinstance(outcome, SummaryError):
-            found[p.item.id] = _Trouble(outcome, _kind_of(outcome))
+            found[p.item.id] = _Trouble(outcome, _blamed(p.item, outcome, probe, evidence))
         elif outcome is None:
             found[p.item.id] = _Trouble(NexusError("No time was left to summarise the item."), "time")
     return found
@@ -457,9 +479,9 @@ class Processor:
             sys.setswitchinterval(SWITCH_INTERVAL_S)  # for the process from now on: it processes
         end = math.inf if remaining_s is None else time.monotonic() + remaining_s()
         with call_scope(end - SWEEP_RESERVE_S, PROBE_ATTEMPTS if probe else None):
-            prepared, troubles, vectors, outcomes, memo = self._run_stages(items, end, report)
-        troubles.update(_summary_troubles(prepared, outcomes, troubles))
+            prepared, troubles, vectors, outcomes, memo = self._run_stages(items, end, report, probe)
         chat_answers = memo.flush() if memo is not None else 0
+        troubles.update(_summary_troubles(prepared, outcomes, troubles, probe, chat_answers > 0))
         self._settle_troubles(prepared, troubles, vectors, report)
         summaries = {
             p.item.id: outcome
@@ -474,14 +496,14 @@ class Processor:
             self._record_completion(c, stored, report)
         # A probe proves the provider back only if it answered something (an item whose vectors
         # and summary were all kept from before called nobody).
-        answered = report.embedded_chunks > 0 or chat_answers > 0
-        self._provider_outcome(troubles, probe and answered, report)
+        answered = {"embeddings": report.embedded_chunks > 0, "chat": chat_answers > 0}
+        self._provider_outcome(troubles, probe, answered, report)
         if report.backed_off is None:
             self._fold_clients({c.item.client_id for c in completed if c.item.id in stored}, remaining_s)
         return report
 
     def _run_stages(
-        self, items: list[ClaimedItem], end: float, report: ProcessingReport
+        self, items: list[ClaimedItem], end: float, report: ProcessingReport, probe: bool
     ) -> tuple[
         list[_Prepared],
         dict[uuid.UUID, _Trouble],
@@ -506,7 +528,7 @@ class Processor:
                 feed.add(outcome)
             with ThreadPoolExecutor(max_workers=1) as background:
                 summarizing = submit(background, self._summarize_all, prepared, end, memo)
-                vectors, failures = self._embeddings(prepared, feed, report)
+                vectors, failures = self._embeddings(prepared, feed, report, probe)
                 outcomes = summarizing.result()
         troubles.update(failures)
         return prepared, troubles, vectors, outcomes, memo
@@ -591,13 +613,26 @@ class Processor:
         return len(kept)
 
     def _provider_outcome(
-        self, troubles: dict[uuid.UUID, _Trouble], probe: bool, report: ProcessingReport
+        self,
+        troubles: dict[uuid.UUID, _Trouble],
+        probe: bool,
+        answered: dict[str, bool],
+        report: ProcessingReport,
     ) -> None:
-        """Open (or extend) the fleet's back-off after a provider failure; lift it after a
-        probe that met none."""
+        """Open (or extend) the fleet's back-off after a provider failure of an API that answered
+        nothing in this claim (or no quota); lift it after a probe that met none and was answered
+        (an item whose vectors and summary were all kept from before called nobody)."""
         if self.provider is None:
             return
-        errors = [t.error for t in troubles.values() if t.kind == "provider"]
+        errors = [
+            t.error
+            for t in troubles.values()
+            if t.kind == "provider"
+            and (
+                getattr(t.error, "code", "") == "insufficient_quota"
+                or not answered["chat" if isinstance(t.error, SummaryError) else "embeddings"]
+            )
+        ]
         if errors:
             quota = any(getattr(e, "code", "") == "insufficient_quota" for e in errors)
             error = next((e for e in errors if getattr(e, "code", "") == "insufficient_quota"), errors[0])
@@ -610,7 +645,12 @@ class Processor:
                 "provider backed off for the whole fleet",
                 extra={"provider": self.provider, "error": str(error), **state},
             )
-        elif probe and report.done and self.store.record_provider_success(self.provider):
+        elif (
+            probe
+            and not any(t.kind == "provider" for t in troubles.values())
+            and any(answered.values())
+            and self.store.record_provider_success(self.provider)
+        ):
             self.logger.info(
                 "provider answered the probe: back-off lifted", extra={"provider": self.provider}
             )
@@ -621,7 +661,7 @@ class Processor:
         return _Prepared(item, chunks, [sha256_hex(c.text) for c in chunks], started)
 
     def _embeddings(
-        self, prepared: list[_Prepared], feed: _EmbeddingFeed, report: ProcessingReport
+        self, prepared: list[_Prepared], feed: _EmbeddingFeed, report: ProcessingReport, probe: bool
     ) -> tuple[dict[str, Any], dict[uuid.UUID, _Trouble]]:
         """Vectors by chunk hash (stored ones reused, the rest embedded once each), and the
         troubles of the items that could not be embedded.
@@ -629,7 +669,7 @@ class Processor:
         A refused packed request is retried item by item, so one poison item fails alone instead
         of taking its batch with it. So is a transient failure, once an item of the batch was
         given back for one before: a first failure is more likely an outage than a bad input,
-        and splitting then would multiply the requests."""
+        and splitting then would multiply the requests. An item alone is judged by `_blamed`."""
         vectors, error = feed.finish()
         texts = feed.texts
         missing = [h for h in texts if h not in vectors]
@@ -641,14 +681,7 @@ class Processor:
         except EmbeddingError as exc:
             suspects = not exc.retryable or any(_suspect(p.item) for p in prepared)
             if exc.code in ("insufficient_quota", "deadline") or len(prepared) == 1 or not suspects:
-                kind = _kind_of(exc)
-                if (
-                    len(prepared) == 1
-                    and kind == "provider"
-                    and exc.retryable
-                    and prepared[0].item.attempts > 1
-                ):
-                    kind = "item"  # alone, and charged for failing before: it fails the request itself
+                kind = _blamed(prepared[0].item, exc, probe, True) if len(prepared) == 1 else _kind_of(exc)
                 trouble = _Trouble(exc, kind)
                 return vectors, {
                     p.item.id: trouble for p in prepared if any(h not in vectors for h in p.hashes)
@@ -825,7 +858,12 @@ class Processor:
                     "client summary not updated", extra={"client_id": str(client_id), "error": str(exc)}
                 )
                 if _kind_of(exc) == "provider":
-                    self._provider_outcome({client_id: _Trouble(exc, "provider")}, False, ProcessingReport())
+                    self._provider_outcome(
+                        {client_id: _Trouble(exc, "provider")},
+                        False,
+                        {"embeddings": False, "chat": False},
+                        ProcessingReport(),
+                    )
                     break
 
 

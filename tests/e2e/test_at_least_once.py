@@ -33,7 +33,7 @@ from shared.embeddings import LocalEmbedder, OpenAIEmbedder, RetryPolicy
 from shared.pipeline import ProcessingReport, Processor
 from shared.processing import ProcessService
 from shared.store import PostgresStore
-from shared.summaries import LocalSummarizer
+from shared.summaries import LocalSummarizer, OpenAISummarizer
 from tests.conftest import API_KEY, load_event, load_function
 from tests.support.openai_server import OpenAIError, OpenAIServer, _Handler, _Response, cl100k
 from tests.support.process_helpers import (
@@ -76,6 +76,7 @@ class PoisonOpenAIServer(OpenAIServer):
     Everything else, stats included, is the shared server's behaviour."""
 
     poison_status = 400
+    poison_chat = False  # also refuse chat requests that mention POISON (summaries)
 
     def start(self) -> Self:
         super().start()
@@ -83,17 +84,20 @@ class PoisonOpenAIServer(OpenAIServer):
 
         class PoisonHandler(_Handler):
             def _answer_openai(self, method: str, path: str, raw: bytes) -> _Response | None:
-                if (method, path) != ("POST", "/v1/embeddings") or not _mentions_poison(raw):
+                endpoints = {"/v1/embeddings": "embeddings"}
+                if outer.poison_chat:
+                    endpoints["/v1/chat/completions"] = "chat"
+                if method != "POST" or path not in endpoints or not _mentions_poison(raw):
                     return super()._answer_openai(method, path, raw)
                 state = self.server.state
-                with state.handling("embeddings"):
+                with state.handling(endpoints[path]):
                     error = OpenAIError(
                         outer.poison_status,
                         "This input cannot be embedded (refused by the test server).",
                         "invalid_request_error" if outer.poison_status < 500 else "server_error",
                         code="invalid_input" if outer.poison_status < 500 else None,
                     )
-                    state.record_rejection("embeddings", error)
+                    state.record_rejection(endpoints[path], error)
                     return _Response.json(error.status, error.body())
 
         assert self._httpd is not None
@@ -460,6 +464,33 @@ def test_poison_item_fails_after_max_attempts_while_the_others_finish(
     server.reset()
     assert processor.sweep(lambda: 60.0).claimed == 0
     assert server.stats.embedding_attempts == 0
+
+
+def test_an_input_the_chat_endpoint_keeps_failing_is_charged_once_the_provider_answers_others(
+    db: psycopg.Connection[Any],
+    db_client: uuid.UUID,
+    server: PoisonOpenAIServer,
+    stores: Callable[[], PostgresStore],
+) -> None:
+    server.poison_status, server.poison_chat = 500, True
+    healthy, poison = _poison_batch(db, db_client)
+    summarizer = OpenAISummarizer(
+        OPENAI_KEY, base_url=server.base_url, retry=RetryPolicy(max_attempts=2, base_s=0.001, cap_s=0.005)
+    )
+    processor = Processor(stores(), LocalEmbedder(), summarizer, max_attempts=3, retry_base_s=0)
+    try:
+        sweeps = _sweep_until_idle(processor, db)
+    finally:
+        summarizer.close()
+        server.poison_chat = False
+
+    states = item_states(db, [*healthy, poison])
+    assert [states[i]["status"] for i in healthy] == ["done"] * len(healthy)
+    # Given back (uncharged) while it could be the provider's fault; charged once the provider
+    # had answered others since, until its attempts ran out.
+    assert (states[poison]["status"], states[poison]["attempts"]) == ("failed", 3)
+    assert "HTTP 500" in states[poison]["last_error"] and states[poison]["transient_failures"] >= 1
+    assert sweeps < 10
 
 
 def _sqs_messages(healthy: list[uuid.UUID], poison: uuid.UUID) -> list[tuple[str, str]]:
