@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass
 
@@ -16,8 +15,9 @@ _UNSPACED_CHAR = re.compile(r"[\u0e00-\u0e7f\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9
 
 @dataclass(frozen=True)
 class ContentMetadata:
-    content_sha256: str
-    char_count: int
+    """What ingest works out itself; the content's sha256 and character count are computed by
+    the database as the row is written (`knowledge_items` trigger), so they are not here."""
+
     token_estimate: int
     content_type: str
 
@@ -63,8 +63,6 @@ def detect_content_type(text: str, source: str = "") -> str:
 
 def extract_metadata(content: str, source: str) -> ContentMetadata:
     return ContentMetadata(
-        content_sha256=hashlib.sha256(content.encode("utf-8")).hexdigest(),
-        char_count=len(content),
         token_estimate=estimate_tokens(content),
         content_type=detect_content_type(content, source),
     )

@@ -140,16 +140,12 @@ schedule() {  # schedule JOB FUNCTION CRON
 # Tokens are refreshed when under 20 minutes are left; every 10 minutes sees each one twice.
 schedule "$PREFIX-gcal-refresh" "$PREFIX-gcal-refresh" "*/10 * * * *"
 
-# The sweep (pending, retryable and lease-expired items) needs an HTTP `sweep` target in
-# functions/process/main.py; deployed only when that target exists.
-if grep -q '^def sweep' "$ROOT/functions/process/main.py"; then
-  deploy "$PREFIX-process-sweep" process sweep process \
-    --trigger-http --no-allow-unauthenticated --memory 1Gi --timeout 300s \
-    --set-secrets "$PROCESS_SECRETS" --set-env-vars "$PROCESS_ENV"
-  schedule "$PREFIX-process-sweep" "$PREFIX-process-sweep" "*/5 * * * *"
-else
-  echo "note: functions/process/main.py has no 'sweep' target yet; no scheduled sweep on Google Cloud" >&2
-fi
+# The sweep (pending, retryable and lease-expired items): the process function's HTTP `sweep`
+# target, called by Cloud Scheduler.
+deploy "$PREFIX-process-sweep" process sweep process \
+  --trigger-http --no-allow-unauthenticated --memory 1Gi --timeout 300s \
+  --set-secrets "$PROCESS_SECRETS" --set-env-vars "$PROCESS_ENV"
+schedule "$PREFIX-process-sweep" "$PREFIX-process-sweep" "*/5 * * * *"
 
 echo
 echo "Ingest URL:   $(function_url "$PREFIX-ingest")"

@@ -26,7 +26,7 @@ def _load_stage() -> ModuleType:
 
 stage = _load_stage()
 
-TARGETS = {"ingest": ["ingest"], "process": ["webhook", "pubsub"], "gcal_refresh": ["refresh"]}
+TARGETS = {"ingest": ["ingest"], "process": ["webhook", "pubsub", "sweep"], "gcal_refresh": ["refresh"]}
 
 
 @pytest.fixture(scope="module")
@@ -77,9 +77,13 @@ def test_deploy_dry_run_wires_every_target(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     deploys = [line for line in done.stdout.splitlines() if line.startswith("+ gcloud functions deploy")]
     entry_points = {line.split("--entry-point ")[1].split()[0] for line in deploys}
-    assert {"ingest", "webhook", "pubsub", "refresh"} <= entry_points
+    assert {"ingest", "webhook", "pubsub", "refresh", "sweep"} <= entry_points
+    sweep = next(line for line in deploys if "--entry-point sweep" in line)
+    assert "--no-allow-unauthenticated" in sweep
     assert all("--runtime python312" in line and "--gen2" in line for line in deploys)
     refresh = next(line for line in deploys if "--entry-point refresh" in line)
     assert "--no-allow-unauthenticated" in refresh
     scheduler = [line for line in done.stdout.splitlines() if "scheduler jobs create http" in line]
     assert any("nexus-gcal-refresh" in line and "--oidc-service-account-email" in line for line in scheduler)
+    # The dry run prints the command shell-quoted: `--schedule \*/5\ \*\ ...`.
+    assert any("nexus-process-sweep" in line and "--schedule \\*/5\\ " in line for line in scheduler)
