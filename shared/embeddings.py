@@ -229,9 +229,10 @@ class OpenAIEmbedder:
             lambda content: self._parse(content, inputs),
             self._classify,
         )
+        vectors: list[array[float]]
         vectors, attempts = post_with_retries(self._client, call, body, self._timeout_s, self.retry)
         self._count(inputs, tokens, attempts - 1)
-        return list(vectors)
+        return vectors
 
     def _classify(self, response: Any) -> tuple[str, float | None]:
         """Raise for answers that retrying cannot fix; else describe the transient problem."""

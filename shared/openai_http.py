@@ -17,20 +17,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Any, Protocol, TypeVar
+from typing import Any
 
 from shared.deadlines import MIN_REQUEST_S, attempts_allowed, request_timeout_s, time_left_s
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
-T = TypeVar("T")
-
-
-class ProviderError(Protocol):
-    """What the providers raise (EmbeddingError, SummaryError): built the same way."""
-
-    def __init__(
-        self, message: str, *, retryable: bool, code: str = "", retry_after_s: float | None = None
-    ) -> None: ...
 
 
 def provider_key(base_url: str | None) -> str:
@@ -102,7 +93,9 @@ class Call:
     what: str  # "the embeddings request", "the chat request": for messages
     endpoint: str  # "the embeddings endpoint", "the chat endpoint"
     failed: str  # "Embedding failed", "Summarising failed"
-    error: Callable[..., Exception]  # the provider's error class (a ProviderError)
+    # The provider's error class (EmbeddingError, SummaryError): (message, *, retryable, code,
+    # retry_after_s).
+    error: Callable[..., Exception]
     # The answer's value; raises the provider's error (retryable) for a malformed answer.
     parse: Callable[[bytes], Any]
     # For a non-200 answer: raises for what retrying cannot fix, else (problem, Retry-After).

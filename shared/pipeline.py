@@ -753,7 +753,9 @@ class Processor:
                 [
                     key
                     for p in prepared
-                    for key in self.summarizer.first_keys(self._summary_input(p), p.item.source)  # type: ignore[attr-defined]
+                    for key in self.summarizer.first_keys(  # type: ignore[attr-defined]
+                        self._summary_input(p), p.item.source, self._summary_counts(p)
+                    )
                 ]
             )
 
@@ -762,7 +764,9 @@ class Processor:
                 return None
             try:
                 if memo is not None:
-                    return self.summarizer.summarize_item(self._summary_input(p), p.item.source, memo=memo)  # type: ignore[call-arg]
+                    return self.summarizer.summarize_item(  # type: ignore[call-arg]
+                        self._summary_input(p), p.item.source, memo=memo, token_counts=self._summary_counts(p)
+                    )
                 return self.summarizer.summarize_item(self._summary_input(p), p.item.source)
             except SummaryError as exc:
                 return exc
@@ -781,6 +785,10 @@ class Processor:
 
     def _summary_input(self, p: _Prepared) -> list[str]:
         return [c.text for c in p.chunks] if self.chunk_overlap == 0 else [p.item.content]
+
+    def _summary_counts(self, p: _Prepared) -> list[int] | None:
+        """The token counts of `_summary_input`, when the chunks are it (no overlap)."""
+        return [c.token_count for c in p.chunks] if self.chunk_overlap == 0 else None
 
     def _completed(self, p: _Prepared, vectors: dict[str, Any], summary: str) -> CompletedItem:
         records = [

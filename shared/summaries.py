@@ -215,16 +215,24 @@ class OpenAISummarizer:
             "Keep names, numbers and decisions; no preamble."
         )
 
-    def first_keys(self, chunks: Sequence[str], source: str = "") -> list[str]:
-        """The memo keys of an item's first round of calls (for an item of one part, its summary)."""
+    def first_keys(
+        self, chunks: Sequence[str], source: str = "", token_counts: Sequence[int] | None = None
+    ) -> list[str]:
+        """The memo keys of an item's first round of calls (for an item of one part, its summary).
+        `token_counts`: the chunks' exact cl100k counts, when known (saves counting again)."""
         instruction = self._item_instruction(source)
-        return [
-            summary_key(self.model, instruction, group) for group in _group_chunks(chunks, MAP_INPUT_TOKENS)
-        ]
+        groups = _group_chunks(chunks, MAP_INPUT_TOKENS, token_counts)
+        return [summary_key(self.model, instruction, group) for group in groups]
 
-    def summarize_item(self, chunks: Sequence[str], source: str = "", memo: SummaryMemo | None = None) -> str:
+    def summarize_item(
+        self,
+        chunks: Sequence[str],
+        source: str = "",
+        memo: SummaryMemo | None = None,
+        token_counts: Sequence[int] | None = None,
+    ) -> str:
         instruction = self._item_instruction(source)
-        partials = self._map(instruction, _group_chunks(chunks, MAP_INPUT_TOKENS), memo)
+        partials = self._map(instruction, _group_chunks(chunks, MAP_INPUT_TOKENS, token_counts), memo)
         while len(partials) > 1:  # reduce until one summary remains
             partials = self._map(
                 instruction + " These are summaries of consecutive parts.",
@@ -312,12 +320,15 @@ def _chat_answer(content: bytes) -> str:
         raise SummaryError("malformed chat response", retryable=True) from None
 
 
-def _group_chunks(chunks: Sequence[str], max_tokens: int) -> list[str]:
+def _group_chunks(
+    chunks: Sequence[str], max_tokens: int, token_counts: Sequence[int] | None = None
+) -> list[str]:
+    """Consecutive chunks joined into groups of at most `max_tokens` (a longer chunk alone)."""
     groups: list[str] = []
     current: list[str] = []
     tokens = 0
-    for chunk in chunks:
-        count = count_tokens(chunk)
+    counts = token_counts if token_counts is not None else [count_tokens(chunk) for chunk in chunks]
+    for chunk, count in zip(chunks, counts, strict=True):
         if current and tokens + count > max_tokens:
             groups.append("".join(current))
             current, tokens = [], 0
