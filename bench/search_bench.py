@@ -6,7 +6,7 @@ HNSW index dropped (inserting 1536-d rows into HNSW one by one costs ~8 ms each 
 then the index is rebuilt and timed. Measured, per size:
 
 - p50/p99 of `select * from match_knowledge_chunks(q, 10, null)`: warm, sequential, one connection
-  opened like the product's (`shared.database.connect`: autocommit, no prepared statements);
+  opened like the product's (`shared.store.database.connect`: autocommit, no prepared statements);
 - recall@10 against the exact top-10 by full-precision cosine (numpy over the same float32 rows);
 - the exact scan (`order by embedding <=> q limit 10`, no index) for comparison, whose answers
   also check the numpy ground truth;
@@ -49,10 +49,10 @@ import psycopg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from shared.database import connect  # noqa: E402
-from shared.embedded import start_embedded_postgres, stop_embedded_postgres  # noqa: E402
-from shared.migrations import apply_migrations  # noqa: E402
-from shared.vectors import register_vector_type  # noqa: E402
+from shared.local.embedded import start_embedded_postgres, stop_embedded_postgres  # noqa: E402
+from shared.store.database import connect  # noqa: E402
+from shared.store.migrations import apply_migrations  # noqa: E402
+from shared.store.vectors import register_vector_type  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "search.json"
 PG_DOCS = Path("/usr/share/doc/postgresql-doc-15/html")
@@ -136,9 +136,9 @@ def clustered(n: int, queries: int, centres: int, noise: float, seed: int) -> Da
 
 def pg_docs(queries: int, seed: int) -> Dataset:
     """Chunks of the PostgreSQL 15 HTML docs embedded by `LocalEmbedder`; `queries` held out."""
-    from shared.chunking import chunk_text
-    from shared.documents import html_to_text
-    from shared.embeddings import LocalEmbedder
+    from shared.providers.embeddings import LocalEmbedder
+    from shared.text.chunking import chunk_text
+    from shared.text.documents import html_to_text
 
     texts: list[str] = []
     for path in sorted(PG_DOCS.glob("*.html")):

@@ -1,6 +1,6 @@
 """Exceptions that carry one sentence a user can act on.
 
-Each maps to an HTTP status in one place (`shared.problems`) and to an exit code in the CLI.
+Each maps to an HTTP status in one place (`shared.http.problems`) and to an exit code in the CLI.
 """
 
 from __future__ import annotations

@@ -19,10 +19,10 @@ import pytest
 from psycopg.rows import dict_row
 
 from shared.config import Settings, reset_settings
-from shared.database import ConnectionHolder
-from shared.embedded import start_embedded_postgres, stop_embedded_postgres
-from shared.migrations import apply_migrations
-from shared.store import PostgresStore
+from shared.local.embedded import start_embedded_postgres, stop_embedded_postgres
+from shared.store.database import ConnectionHolder
+from shared.store.migrations import apply_migrations
+from shared.store.postgres import PostgresStore
 
 ROOT = Path(__file__).resolve().parent.parent
 EVENTS = Path(__file__).resolve().parent / "events"
@@ -52,7 +52,7 @@ def _close_providers_built_from_settings() -> Iterator[None]:
     connections); close them when the session ends, not in the interpreter's exit, where their
     pooled sockets to the tests' servers would be reported as unclosed."""
     yield
-    from shared import embeddings, summaries
+    from shared.providers import embeddings, summaries
 
     for cache in (embeddings._embedders, summaries._summarizers):
         for provider in cache.values():

@@ -1,7 +1,7 @@
 """gcal_refresh: keep the Google Calendar OAuth token(s) in `system_config` valid.
 
 Lambda: `handler` (EventBridge scheduled event, every 10 minutes). functions-framework: `refresh`
-(HTTP POST, for Cloud Scheduler). The work is `shared.token_upkeep`; see docs/gcal.md.
+(HTTP POST, for Cloud Scheduler). The work is `shared.gcal.upkeep`; see docs/gcal.md.
 Importing this file reads no setting and opens no connection; the first call does.
 """
 
@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from shared.events import lambda_event_kind
-from shared.problems import HttpResponse, ProblemError
-from shared.runtimes import flask_response, unrecognised_event_result
-from shared.token_upkeep import TokenUpkeep
+from shared.gcal.upkeep import TokenUpkeep
+from shared.http.problems import HttpResponse, ProblemError
+from shared.runtime.adapters import flask_response, unrecognised_event_result
+from shared.runtime.events import lambda_event_kind
 
 upkeep = TokenUpkeep()
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from shared.ingest_api import IngestEndpoint
-from shared.runtimes import flask_response, from_flask, lambda_http_handler
+from shared.ingest.api import IngestEndpoint
+from shared.runtime.adapters import flask_response, from_flask, lambda_http_handler
 
 endpoint = IngestEndpoint()
 

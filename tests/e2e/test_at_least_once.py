@@ -26,14 +26,14 @@ import psycopg
 import pytest
 from cloudevents.http import CloudEvent
 
-from shared.chunking import split_text
 from shared.config import load_settings, reset_settings
-from shared.database import ConnectionHolder
-from shared.embeddings import LocalEmbedder, OpenAIEmbedder, RetryPolicy
-from shared.pipeline import ProcessingReport, Processor
-from shared.processing import ProcessService
-from shared.store import PostgresStore
-from shared.summaries import LocalSummarizer, OpenAISummarizer
+from shared.process.pipeline import ProcessingReport, Processor
+from shared.process.service import ProcessService
+from shared.providers.embeddings import LocalEmbedder, OpenAIEmbedder, RetryPolicy
+from shared.providers.summaries import LocalSummarizer, OpenAISummarizer
+from shared.store.database import ConnectionHolder
+from shared.store.postgres import PostgresStore
+from shared.text.chunking import split_text
 from tests.conftest import API_KEY, load_event, load_function
 from tests.support.openai_server import OpenAIError, OpenAIServer, _Handler, _Response, cl100k
 from tests.support.process_helpers import (

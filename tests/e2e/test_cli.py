@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from shared.demo import demo_client_id
+from shared.local.demo import demo_client_id
 
 ROOT = Path(__file__).resolve().parents[2]
 NEXUS = [sys.executable, "-m", "shared.cli"]
@@ -137,7 +137,7 @@ def test_status_says_when_claiming_is_paused_by_the_provider(
     env["DATABASE_URL"] = db_url
     shown = subprocess.run(
         [*NEXUS, "status"],
-        cwd=ROOT / "tests",
+        cwd=ROOT / "tests" / "e2e",
         env=env,
         capture_output=True,
         text=True,
@@ -147,7 +147,7 @@ def test_status_says_when_claiming_is_paused_by_the_provider(
     as_json = json.loads(
         subprocess.run(
             [*NEXUS, "status", "--json"],
-            cwd=ROOT / "tests",
+            cwd=ROOT / "tests" / "e2e",
             env=env,
             capture_output=True,
             text=True,

@@ -27,11 +27,11 @@ from typing import Any
 import psycopg
 import pytest
 
-from shared.database import ConnectionHolder
-from shared.embeddings import LocalEmbedder
-from shared.pipeline import Processor
-from shared.store import PostgresStore
-from shared.summaries import LocalSummarizer
+from shared.process.pipeline import Processor
+from shared.providers.embeddings import LocalEmbedder
+from shared.providers.summaries import LocalSummarizer
+from shared.store.database import ConnectionHolder
+from shared.store.postgres import PostgresStore
 from tests.support.process_helpers import (
     assert_exact_chunk_set,
     document,

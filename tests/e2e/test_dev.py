@@ -34,9 +34,9 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from shared.cli import main
+from shared.cli.main import main
 from shared.config import Settings, reset_settings
-from shared.dev import DevError, RetryPolicy, WebhookBridge, dev_credentials, require_free_ports
+from shared.local.dev import DevError, RetryPolicy, WebhookBridge, dev_credentials, require_free_ports
 from tests.conftest import ROOT
 from tests.support.process_helpers import isolated_database
 
@@ -75,7 +75,16 @@ class DevProcess:
             and name != "DATABASE_URL"
         }
         env.update(NEXUS_HOME=str(home), PYTHONUNBUFFERED="1")
-        command = [sys.executable, "-m", "shared.cli", "dev", "--port", str(port), "--sweep-interval", "3600"]
+        command = [
+            sys.executable,
+            "-m",
+            "shared.cli",
+            "dev",
+            "--port",
+            str(port),
+            "--sweep-interval",
+            "3600",
+        ]
         home.mkdir(parents=True)
         self.proc = subprocess.Popen(
             command,

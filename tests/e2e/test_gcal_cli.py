@@ -20,9 +20,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from shared.cli import main
+from shared.cli.main import main
 from shared.config import reset_settings
-from shared.crypto import generate_key
+from shared.gcal.crypto import generate_key
 from shared.logs import get_logger
 from tests.conftest import ROOT
 from tests.support.google_oauth import CALENDAR_SCOPE, GoogleOAuthServer, authorized_user_info, follow_sign_in

@@ -13,8 +13,8 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from shared.cli import main
-from shared.replay import classify, fill_placeholders, placeholders_in, read_event
+from shared.cli.main import main
+from shared.local.replay import classify, fill_placeholders, placeholders_in, read_event
 from tests.conftest import API_KEY, ROOT
 from tests.support.process_helpers import isolated_database
 

@@ -18,11 +18,11 @@ import psycopg
 import pytest
 
 from shared.config import Settings
-from shared.crypto import generate_key
-from shared.google_token_store import PostgresTokenStore
-from shared.google_tokens import import_authorized_user
+from shared.gcal.crypto import generate_key
+from shared.gcal.refresh import REAUTH_ALERT, RefreshPolicy
+from shared.gcal.store import PostgresTokenStore
+from shared.gcal.tokens import import_authorized_user
 from shared.logs import get_logger
-from shared.token_refresh import REAUTH_ALERT, RefreshPolicy
 from tests.conftest import ROOT, load_event, load_function
 from tests.support.google_oauth import GoogleOAuthServer, authorized_user_info
 from tests.support.json_logs import CapturedLogs, captured_logs
@@ -111,12 +111,12 @@ def test_importing_reads_no_setting_and_loads_no_heavy_module() -> None:
     script = (
         "import json, sys; sys.path.insert(0, sys.argv[1]); import main; "
         "heavy = ('psycopg', 'google.auth', 'google.oauth2', 'cryptography', 'requests', 'pydantic', "
-        "'shared.config', 'shared.database'); "
+        "'shared.config', 'shared.store.database'); "
         "print(json.dumps([m for m in heavy if m in sys.modules]))"
     )
     done = subprocess.run(
         [sys.executable, "-c", script, str(SOURCE.parent)],
-        cwd=ROOT / "tests",
+        cwd=ROOT / "tests" / "functions",
         env=env,
         capture_output=True,
         text=True,

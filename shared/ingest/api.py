@@ -1,0 +1,111 @@
+"""The ingest HTTP endpoint, independent of the runtime: `HttpRequest` in, `HttpResponse` out.
+
+`POST /api/knowledge/ingest` (or `POST /` on a function URL). Errors are RFC 9457 problem+json;
+a client mistake never gets a 5xx and never stores anything.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from shared.config import Settings, get_settings
+from shared.errors import NexusError
+from shared.http.auth import authenticate
+from shared.http.problems import HttpRequest, HttpResponse, ProblemError
+from shared.ingest.queue import ItemQueue, NoQueue, SqsQueue
+from shared.ingest.service import check_idempotency_key, ingest_items, parse_items
+from shared.store.postgres import Store, default_store
+
+INGEST_PATHS = frozenset({"/", "/api/knowledge/ingest"})
+
+
+@dataclass
+class IngestEndpoint:
+    """The endpoint with its collaborators; `None` means "build from settings on first use"."""
+
+    settings: Settings | None = None
+    store: Store | None = None
+    queue: ItemQueue | None = None
+
+    def _wire(self) -> tuple[Settings, Store, ItemQueue]:
+        if self.settings is None:
+            self.settings = get_settings()
+        if self.store is None:
+            self.store = default_store(self.settings)
+        if self.queue is None:
+            self.queue = SqsQueue(self.settings.queue_url) if self.settings.queue_url else NoQueue()
+        return self.settings, self.store, self.queue
+
+    def handle(self, request: HttpRequest) -> HttpResponse:
+        """Answer one request; never raises."""
+        try:
+            return self._handle(request)
+        except ProblemError as problem:
+            return problem.to_response()
+        except NexusError as exc:
+            return _server_problem(exc)
+        except Exception as exc:
+            from shared.logs import get_logger
+
+            get_logger().exception("ingest failed", extra={"error": type(exc).__name__})
+            return ProblemError(500, "An internal error occurred; nothing was stored.").to_response()
+
+    def _handle(self, request: HttpRequest) -> HttpResponse:
+        path = request.path.rstrip("/") or "/"
+        if path not in INGEST_PATHS:
+            raise ProblemError(404, f"No endpoint at {path}; POST to /api/knowledge/ingest.")
+        if request.method.upper() != "POST":
+            raise ProblemError(405, "Use POST to ingest knowledge items.", headers={"allow": "POST"})
+        settings, store, queue = self._wire()
+        principal = authenticate(request.header("authorization"), settings)
+        if len(request.body) > settings.max_body_bytes:
+            raise ProblemError(
+                413,
+                f"The body is larger than the {settings.max_body_bytes}-byte limit (NEXUS_MAX_BODY_BYTES).",
+            )
+        payload = _decode_json(request)
+        items, is_batch = parse_items(payload)
+        key = check_idempotency_key(request.header("idempotency-key"))
+        results = ingest_items(
+            items,
+            store=store,
+            queue=queue,
+            principal=principal,
+            idempotency_key=key,
+            is_batch=is_batch,
+            max_item_tokens=settings.max_item_tokens,
+        )
+        if is_batch:
+            return HttpResponse.json(200, {"items": [r.as_dict() for r in results]})
+        result = results[0]
+        return HttpResponse.json(200 if (result.duplicate or result.updated) else 201, result.as_dict())
+
+
+def _is_json(content_type: str | None) -> bool:
+    if not content_type:
+        return False
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _decode_json(request: HttpRequest) -> Any:
+    if not _is_json(request.header("content-type")):
+        raise ProblemError(415, "The body must be JSON; send 'Content-Type: application/json'.")
+    try:
+        return json.loads(request.body.decode("utf-8"), parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
+        raise ProblemError(400, "The body is not valid UTF-8 JSON.", slug="malformed-json") from None
+
+
+def _server_problem(exc: NexusError) -> HttpResponse:
+    from shared.logs import get_logger
+
+    get_logger().error("ingest could not run", extra={"error": str(exc)})
+    headers = {"retry-after": "1"} if exc.status == 503 else {}
+    return ProblemError(exc.status, str(exc), headers=headers).to_response()

@@ -1,0 +1,262 @@
+"""The ingest service: validate items, store them once, queue the new ones.
+
+The HTTP edge (`shared.ingest.api`) and the CLI (`nexus ingest`) both call `ingest_items`.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from shared.http.auth import Principal
+from shared.http.problems import FieldError, ProblemError
+from shared.ingest.metadata import extract_metadata
+from shared.ingest.queue import ItemQueue
+from shared.store.postgres import IngestOutcome, Store
+
+MAX_BATCH_ITEMS = 100
+MAX_IDEMPOTENCY_KEY_CHARS = 255
+
+
+def _check_storable(value: str) -> str:
+    """Postgres text and jsonb hold neither NUL nor lone surrogates: reject them up front."""
+    if "\x00" in value:
+        raise ValueError("must not contain NUL (\\u0000) characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode (no lone surrogates)") from None
+    return value
+
+
+def _check_json_value(value: Any, depth: int = 0) -> None:
+    if depth > 64:
+        raise ValueError("is nested too deeply (over 64 levels)")
+    if isinstance(value, str):
+        _check_storable(value)
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("must not contain NaN or Infinity")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_storable(key)
+            _check_json_value(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _check_json_value(item, depth + 1)
+
+
+class IngestItem(BaseModel):
+    """One knowledge item as a caller sends it. Unknown fields are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    client_id: uuid.UUID
+    source: str = Field(min_length=1, max_length=2048)
+    content: str
+    metadata: dict[str, Any] | None = None
+    external_id: str | None = Field(default=None, min_length=1, max_length=512)
+
+    @field_validator("source", "external_id")
+    @classmethod
+    def _storable(cls, value: str | None) -> str | None:
+        return None if value is None else _check_storable(value)
+
+    @field_validator("content")
+    @classmethod
+    def _content_not_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return _check_storable(value)
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_storable(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            _check_json_value(value)
+        return value
+
+
+class IngestBatch(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    items: list[IngestItem] = Field(min_length=1, max_length=MAX_BATCH_ITEMS)
+
+
+def _field_errors(exc: ValidationError, prefix: str = "") -> list[FieldError]:
+    errors = []
+    for error in exc.errors(include_url=False):
+        path = ".".join(str(part) for part in error["loc"])
+        field = f"{prefix}{path}" if path else prefix.rstrip(".")
+        message = str(error["msg"]).removeprefix("Value error, ")
+        if error["type"] == "missing":
+            message = "is required"
+        elif error["type"] == "uuid_parsing" or error["type"] == "uuid_type":
+            message = "must be a UUID"
+        elif error["type"] == "dict_type":
+            message = "must be a JSON object"
+        errors.append(FieldError(field, f"{field or 'body'} {message}."))
+    return errors
+
+
+def parse_items(payload: Any) -> tuple[list[IngestItem], bool]:
+    """Validate a decoded JSON body: one item, or `{"items": [...]}`. Returns (items, is_batch).
+
+    Raises a 422 ProblemError listing every bad field.
+    """
+    if not isinstance(payload, dict):
+        raise ProblemError(
+            422, "The body must be a JSON object.", errors=[FieldError("", "body must be a JSON object.")]
+        )
+    try:
+        if "items" in payload:
+            return IngestBatch.model_validate(payload).items, True
+        return [IngestItem.model_validate(payload)], False
+    except ValidationError as exc:
+        raise ProblemError(
+            422, "Some fields are invalid; see errors.", errors=_field_errors(exc), slug="invalid-fields"
+        ) from None
+
+
+def check_idempotency_key(key: str | None) -> str | None:
+    if key is None:
+        return None
+    if not key or len(key) > MAX_IDEMPOTENCY_KEY_CHARS or not key.isprintable():
+        raise ProblemError(
+            422,
+            f"The Idempotency-Key header must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} printable characters.",
+            errors=[FieldError("Idempotency-Key", "Idempotency-Key is malformed.")],
+            slug="invalid-fields",
+        )
+    return key
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    item_id: uuid.UUID
+    status: str
+    duplicate: bool
+    updated: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"id": str(self.item_id), "status": self.status, "duplicate": self.duplicate}
+        if self.updated:
+            body["updated"] = True
+        return body
+
+
+def _store_row(item: IngestItem, idempotency_key: str | None) -> dict[str, Any]:
+    extracted = extract_metadata(item.content, item.source)
+    return {
+        "client_id": str(item.client_id),
+        "source": item.source,
+        "content": item.content,
+        "metadata": item.metadata if item.metadata is not None else {},
+        "external_id": item.external_id,
+        "idempotency_key": idempotency_key,
+        "token_estimate": extracted.token_estimate,
+        "content_type": extracted.content_type,
+    }
+
+
+def _check_sizes(rows: list[dict[str, Any]], max_item_tokens: int, is_batch: bool) -> None:
+    """A 413 naming each item whose content is estimated over `max_item_tokens` tokens."""
+    prefix = "items.{}." if is_batch else ""
+    errors = [
+        FieldError(
+            prefix.format(i) + "content",
+            f"content is about {row['token_estimate']} tokens, over the {max_item_tokens}-token limit "
+            "per item (NEXUS_MAX_ITEM_TOKENS); split it into several items.",
+        )
+        for i, row in enumerate(rows)
+        if row["token_estimate"] > max_item_tokens
+    ]
+    if errors:
+        raise ProblemError(413, "An item is too large to process; nothing was stored.", errors=errors)
+
+
+def _rejection(outcomes: list[IngestOutcome], items: list[IngestItem], is_batch: bool) -> ProblemError | None:
+    prefix = "items.{}." if is_batch else ""
+    unknown = [o for o in outcomes if o.outcome == "unknown_client"]
+    if unknown:
+        errors = [
+            FieldError(
+                prefix.format(o.index) + "client_id",
+                f"client_id {items[o.index].client_id} is not a known client.",
+            )
+            for o in unknown
+        ]
+        return ProblemError(
+            422, "Unknown client_id; nothing was stored.", errors=errors, slug="unknown-client"
+        )
+    if any(o.outcome == "idempotency_conflict" for o in outcomes):
+        return ProblemError(
+            422,
+            "This Idempotency-Key was already used for a different request; nothing was stored.",
+            errors=[FieldError("Idempotency-Key", "Idempotency-Key was used with a different body.")],
+            slug="idempotency-key-reused",
+        )
+    return None
+
+
+def ingest_items(
+    items: list[IngestItem],
+    *,
+    store: Store,
+    queue: ItemQueue,
+    principal: Principal | None = None,
+    idempotency_key: str | None = None,
+    is_batch: bool = False,
+    max_item_tokens: int | None = None,
+) -> list[IngestResult]:
+    """Store `items` atomically and queue the new or changed ones.
+
+    Idempotent: a repeat with the same idempotency key, or the same (client_id, external_id)
+    and content, returns the stored item with `duplicate=True` and stores nothing.
+    Raises ProblemError (403 wrong client, 413 an item's content over `max_item_tokens` by the
+    ingest estimate, 422 unknown client or reused key) storing nothing.
+    """
+    if principal is not None:
+        forbidden = [i for i, item in enumerate(items) if not principal.may_write_for(item.client_id)]
+        if forbidden:
+            raise ProblemError(403, "This token may not write items for another client.", slug="forbidden")
+    rows = []
+    for i, item in enumerate(items):
+        key = None if idempotency_key is None else (f"{idempotency_key}#{i}" if is_batch else idempotency_key)
+        rows.append(_store_row(item, key))
+    if max_item_tokens is not None:
+        _check_sizes(rows, max_item_tokens, is_batch)
+    outcomes = store.ingest_items(rows)
+    rejection = _rejection(outcomes, items, is_batch)
+    if rejection is not None:
+        raise rejection
+    results = [
+        IngestResult(o.item_id, o.status or "pending", o.outcome == "duplicate", o.outcome == "updated")
+        for o in outcomes
+        if o.item_id is not None
+    ]
+    queued = [r.item_id for r in results if not r.duplicate]
+    if queued:
+        queue.send_item_ids(queued)
+    _log(items, results)
+    return results
+
+
+def _log(items: list[IngestItem], results: list[IngestResult]) -> None:
+    from shared.logs import get_logger
+
+    logger = get_logger()
+    for item, result in zip(items, results, strict=True):
+        logger.info(
+            "knowledge item ingested",
+            extra={
+                "knowledge_item_id": str(result.item_id),
+                "client_id": str(item.client_id),
+                "duplicate": result.duplicate,
+                "updated": result.updated,
+                "chars": len(item.content),
+            },
+        )

@@ -1,0 +1,36 @@
+"""The database a local command uses: `DATABASE_URL`, else the embedded Postgres under `.nexus/`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shared.config import Settings
+
+__all__ = ["database_url", "open_store", "uses_supabase_api"]
+
+
+def database_url(settings: Settings) -> str:
+    """DATABASE_URL, or the embedded server's DSN (started on first use, stopped at exit)."""
+    if settings.database_url:
+        return settings.database_url
+    from shared.local.embedded import start_embedded_postgres
+
+    return start_embedded_postgres(settings.home_path / "pgdata")
+
+
+def uses_supabase_api(settings: Settings) -> bool:
+    """True when the store is Supabase's PostgREST API (no DATABASE_URL, Supabase keys set)."""
+    return not settings.database_url and bool(settings.supabase_url and settings.supabase_service_role_key)
+
+
+def open_store(settings: Settings) -> Any:
+    """The store for local commands, migrating the embedded database on the way."""
+    from shared.store.migrations import migrate
+    from shared.store.postgres import default_store
+
+    if uses_supabase_api(settings):
+        return default_store(settings)
+    url = database_url(settings)
+    if not settings.database_url:
+        migrate(url)
+    return default_store(settings.model_copy(update={"database_url": url}))

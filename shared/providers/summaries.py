@@ -1,0 +1,377 @@
+"""Summarisers: a summary per item and a running summary per client.
+
+The OpenAI summariser map-reduces long items: groups of chunks up to a bounded input size are
+summarised, then the partial summaries are combined, so any item fits the model's context and
+cost grows linearly. A client's summary is folded incrementally: previous client summary plus
+the new item summaries in, new client summary out; items are never re-read.
+
+The local summariser is extractive and offline: it picks the most representative sentences.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import threading
+from collections import Counter
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from itertools import chain
+from typing import Any, Protocol
+
+from shared.errors import ConfigError, NexusError
+from shared.providers.deadlines import submit
+from shared.providers.openai_http import (
+    DEFAULT_BASE_URL,
+    Call,
+    RetryPolicy,
+    error_of,
+    post_with_retries,
+    provider_key,
+    retry_after_s,
+)
+from shared.text.tokenizer import count_tokens
+
+MAP_INPUT_TOKENS = 12_000  # bounded input per call, well inside gpt-4o-mini's context
+SUMMARY_WORDS = 120
+MAX_CHARS_PER_WORD = 8  # bounds an extractive summary's length where words are not spaced
+CLIENT_SUMMARY_WORDS = 150
+
+
+class SummaryError(NexusError):
+    """Summarising failed. `retryable` says whether a later attempt may succeed."""
+
+    def __init__(
+        self, message: str, *, retryable: bool, code: str = "", retry_after_s: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.code = code
+        self.retry_after_s = retry_after_s  # what the provider asked for, when it did
+
+
+class SummaryMemo(Protocol):
+    """Summaries already paid for, by `summary_key` (the pipeline keeps them in the store)."""
+
+    def get(self, key: str) -> str | None: ...
+
+    def put(self, key: str, summary: str) -> None: ...
+
+
+def summary_key(model: str, instruction: str, text: str) -> str:
+    """What a chat summary is bound to: the model, the instruction and the input text."""
+    digest = hashlib.sha256()
+    for part in (model, instruction, text):
+        digest.update(part.encode("utf-8"))
+        digest.update(b"\x00")
+    return digest.hexdigest()
+
+
+class Summarizer(Protocol):
+    model: str
+    fold_batch: int  # item summaries folded into the client summary per call
+
+    def summarize_item(self, chunks: Sequence[str], source: str = "") -> str:
+        """A short summary of one item given its chunks in order."""
+        ...
+
+    def fold_client(self, previous: str, item_summaries: Sequence[str]) -> str:
+        """The client's new summary from its previous one and the summaries of new items."""
+        ...
+
+
+# Within a paragraph's prose (whitespace already collapsed to single spaces) a sentence ends at
+# . ! or ? before a space and a capital or a digit (a closing quote or bracket after the mark is
+# dropped with the space); paragraphs are joined by "\n", which also ends a sentence.
+_SENTENCE_END = re.compile(r"[.!?](?:[\"'\u201d\u2019)]? (?=[\"'\u201c(]?[A-Z0-9])|(?=\n))|\n")
+# Markdown marks at the start of a line (lists, quotes, headings); emphasis marks (* _ `) are
+# deleted anywhere afterwards.
+_LINE_MARKUP = re.compile(
+    r"^[^\S\n]{0,3}(?:#{1,6}[^\S\n]+|[-*+][^\S\n]+(?:\[[ xX]\][^\S\n]+)?|\d+[.)][^\S\n]+|>[^\S\n]?)",
+    re.M,
+)
+# A line that is dropped: a table row (any "|") or a heading. Its line break goes with it, so the
+# lines around it stay one paragraph.
+_DROPPED_LINE = re.compile(r"^(?:[^\S\n]*#[^\n]*|[^\n]*\|[^\n]*)(?:\n|\Z)", re.M)
+_WORD = re.compile(r"\w+", re.UNICODE)
+_PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
+_PARAGRAPH_MARK = "\n\x1e\n"  # str.splitlines() breaks lines at \x1e, so no text line holds one
+_STOP = frozenset(
+    "a an and are as at be by for from has have in is it its of on or that the this to was were will "
+    "with we you your our not no can may must should if then than their there they them these those "
+    "which who what when where how all any each per into out up so do does".split()
+)
+
+
+def _clean_sentences(text: str) -> list[tuple[str, list[str]]]:
+    """Whole sentences of prose, each with its words lowercased: markdown marks removed, lines of
+    a paragraph joined, headings, table rows and fragments dropped. Each step is one pass over
+    the whole text in C (regex or str method), not a Python loop per paragraph or line."""
+    text = "\n".join(text.splitlines())  # every line break as "\n"; none of them is left a \x1e
+    paragraphs = _PARAGRAPH_BREAK.split(text)
+    # Paragraphs are kept apart by a line of their own, so a line emptied below (a list marker
+    # alone) cannot make a new paragraph break.
+    text = _PARAGRAPH_MARK.join(p for p in paragraphs if p.strip())
+    text = _LINE_MARKUP.sub("", _DROPPED_LINE.sub("", text))
+    text = text.replace("*", "").replace("_", "").replace("`", "")  # str.translate: 10x slower
+    prose = "\n".join(" ".join(p.split()) for p in text.split(_PARAGRAPH_MARK))
+    # (end of a sentence, start of the next): the mark is kept, what follows it dropped
+    cuts = [(m.start() + (m.group() != "\n"), m.end()) for m in _SENTENCE_END.finditer(prose)]
+    cuts.append((len(prose), len(prose)))
+    sentences = []
+    start = 0
+    for end, next_start in cuts:
+        if end > start and prose[end - 1] in ".!?":
+            words = _WORD.findall(prose[start:end].lower())
+            if len(words) >= 6:
+                sentences.append((prose[start:end], words))
+        start = next_start
+    return sentences
+
+
+def extract_summary(text: str, max_words: int = SUMMARY_WORDS) -> str:
+    """The highest-scoring sentences (by frequency of their content words), in original order."""
+    sentences = _clean_sentences(text)
+    if not sentences:
+        # No prose sentences (a table, code, base64, text written without spaces): the opening
+        # words, at most MAX_CHARS_PER_WORD characters a word, so one unspaced run cannot make the
+        # "summary" the whole document.
+        return " ".join(text[: max_words * MAX_CHARS_PER_WORD * 2].split()[:max_words])[
+            : max_words * MAX_CHARS_PER_WORD
+        ]
+    # Each sentence's words are found once; counting (stop words too: they are never looked up)
+    # and scoring reuse them.
+    frequency = Counter(chain.from_iterable(words for _, words in sentences))
+    scores = [
+        sum(map(frequency.__getitem__, set(words) - _STOP)) / (len(words) ** 0.5) for _, words in sentences
+    ]
+    ranked = sorted(range(len(sentences)), key=lambda i: (-scores[i], i))
+    chosen: list[int] = []
+    total = 0
+    for i in ranked:
+        length = len(sentences[i][0].split())
+        if chosen and total + length > max_words:
+            continue
+        chosen.append(i)
+        total += length
+        if total >= max_words * 0.8:
+            break
+    return " ".join(sentences[i][0] for i in sorted(chosen))
+
+
+class LocalSummarizer:
+    """Extractive, offline, deterministic."""
+
+    model = "local-extractive-v1"
+    fold_batch = 1000  # no prompt to fit: a large backlog folds in one pass
+
+    def summarize_item(self, chunks: Sequence[str], source: str = "") -> str:
+        return extract_summary("".join(chunks))
+
+    def fold_client(self, previous: str, item_summaries: Sequence[str]) -> str:
+        return extract_summary("\n".join([previous, *item_summaries]), CLIENT_SUMMARY_WORDS)
+
+
+class OpenAISummarizer:
+    """gpt-4o-mini (or any chat model) through `/chat/completions` (`shared.providers.openai_http`'s retries).
+
+    A long item is map-reduced: its parts are summarised `map_concurrency` at a time, then the
+    partial summaries combined. With a memo, every call's answer is kept by `summary_key`, and
+    a call whose key the memo knows is not made again: an unchanged item reuses its summary, and
+    an item given back half-way resumes from the parts already summarised.
+    """
+
+    def __init__(
+        self,
+        api_key: str,
+        model: str = "gpt-4o-mini",
+        base_url: str | None = None,
+        timeout_s: float = 90.0,
+        retry: RetryPolicy | None = None,
+        map_concurrency: int = 4,
+    ) -> None:
+        import httpx
+
+        self.model = model
+        self.fold_batch = 50  # keeps each fold prompt well inside the model's context
+        self.retry = retry or RetryPolicy()
+        self.map_concurrency = max(1, map_concurrency)
+        self.provider_key = provider_key(base_url)
+        self._api_key = api_key  # only to mask it out of upstream error messages
+        self._timeout_s = timeout_s
+        self._client = httpx.Client(
+            base_url=(base_url or DEFAULT_BASE_URL).rstrip("/") + "/",
+            headers={"authorization": f"Bearer {api_key}"},
+            timeout=httpx.Timeout(timeout_s, connect=10.0),
+        )
+
+    def close(self) -> None:
+        self._client.close()
+
+    def _item_instruction(self, source: str) -> str:
+        return (
+            f"Summarise this document{f' ({source})' if source else ''} in at most {SUMMARY_WORDS} words. "
+            "Keep names, numbers and decisions; no preamble."
+        )
+
+    def first_keys(
+        self, chunks: Sequence[str], source: str = "", token_counts: Sequence[int] | None = None
+    ) -> list[str]:
+        """The memo keys of an item's first round of calls (for an item of one part, its summary).
+        `token_counts`: the chunks' exact cl100k counts, when known (saves counting again)."""
+        instruction = self._item_instruction(source)
+        groups = _group_chunks(chunks, MAP_INPUT_TOKENS, token_counts)
+        return [summary_key(self.model, instruction, group) for group in groups]
+
+    def summarize_item(
+        self,
+        chunks: Sequence[str],
+        source: str = "",
+        memo: SummaryMemo | None = None,
+        token_counts: Sequence[int] | None = None,
+    ) -> str:
+        instruction = self._item_instruction(source)
+        partials = self._map(instruction, _group_chunks(chunks, MAP_INPUT_TOKENS, token_counts), memo)
+        while len(partials) > 1:  # reduce until one summary remains
+            partials = self._map(
+                instruction + " These are summaries of consecutive parts.",
+                _group_chunks(partials, MAP_INPUT_TOKENS),
+                memo,
+            )
+        return partials[0]
+
+    def _map(self, instruction: str, texts: list[str], memo: SummaryMemo | None) -> list[str]:
+        if len(texts) == 1 or self.map_concurrency == 1:
+            return [self._complete(instruction, text, memo) for text in texts]
+        with ThreadPoolExecutor(max_workers=min(self.map_concurrency, len(texts))) as pool:
+            futures = [submit(pool, self._complete, instruction, text, memo) for text in texts]
+            try:
+                return [future.result() for future in futures]
+            finally:
+                for future in futures:
+                    future.cancel()
+
+    def fold_client(self, previous: str, item_summaries: Sequence[str]) -> str:
+        instruction = (
+            f"You maintain a running summary, at most {CLIENT_SUMMARY_WORDS} words, of everything one "
+            "client has shared. Update the current summary with the new document summaries; keep what "
+            "still matters, add what is new, no preamble."
+        )
+        parts = [f"Current summary:\n{previous or '(none yet)'}"]
+        parts += [f"New document summary:\n{s}" for s in item_summaries]
+        return self._complete(instruction, "\n\n".join(parts))
+
+    def _complete(self, instruction: str, text: str, memo: SummaryMemo | None = None) -> str:
+        key = summary_key(self.model, instruction, text) if memo is not None else ""
+        if memo is not None:
+            known = memo.get(key)
+            if known is not None:
+                return known
+        answer = self._call(instruction, text)
+        if memo is not None:
+            memo.put(key, answer)
+        return answer
+
+    def _call(self, instruction: str, text: str) -> str:
+        body = {
+            "model": self.model,
+            "temperature": 0.2,
+            "messages": [{"role": "system", "content": instruction}, {"role": "user", "content": text}],
+        }
+        call = Call(
+            "chat/completions",
+            "the chat request",
+            "the chat endpoint",
+            "Summarising failed",
+            SummaryError,
+            _chat_answer,
+            self._classify,
+        )
+        answer, _ = post_with_retries(
+            self._client, call, json.dumps(body).encode(), self._timeout_s, self.retry
+        )
+        return str(answer)
+
+    def _classify(self, response: Any) -> tuple[str, float | None]:
+        """Raise for answers that retrying cannot fix; else describe the transient problem."""
+        code, message = error_of(response.content, self._api_key)
+        status = response.status_code
+        if code == "insufficient_quota":
+            raise SummaryError(
+                "The OpenAI account has no quota left (insufficient_quota); claiming is paused until it has.",
+                retryable=False,
+                code="insufficient_quota",
+            )
+        if 400 <= status < 500 and status not in (408, 429):
+            raise SummaryError(
+                f"The chat endpoint rejected the request (HTTP {status} {code}): {message}",
+                retryable=False,
+                code=code or str(status),
+            )
+        return f"HTTP {status} {code}".strip(), retry_after_s(response.headers)
+
+
+def _chat_answer(content: bytes) -> str:
+    """The answer's text; a retryable SummaryError for a malformed answer."""
+    try:
+        return str(json.loads(content)["choices"][0]["message"]["content"]).strip()
+    except (ValueError, KeyError, IndexError, TypeError):
+        raise SummaryError("malformed chat response", retryable=True) from None
+
+
+def _group_chunks(
+    chunks: Sequence[str], max_tokens: int, token_counts: Sequence[int] | None = None
+) -> list[str]:
+    """Consecutive chunks joined into groups of at most `max_tokens` (a longer chunk alone)."""
+    groups: list[str] = []
+    current: list[str] = []
+    tokens = 0
+    counts = token_counts if token_counts is not None else [count_tokens(chunk) for chunk in chunks]
+    for chunk, count in zip(chunks, counts, strict=True):
+        if current and tokens + count > max_tokens:
+            groups.append("".join(current))
+            current, tokens = [], 0
+        current.append(chunk)
+        tokens += count
+    if current:
+        groups.append("".join(current))
+    return groups or [""]
+
+
+_summarizers: dict[tuple[Any, ...], Summarizer] = {}
+_lock = threading.Lock()
+
+
+def summarizer_from_settings(settings: Any) -> Summarizer:
+    """The configured summariser, created once per process."""
+    key = (
+        settings.summary_provider,
+        settings.summary_model,
+        settings.openai_base_url,
+        settings.openai_api_key,
+    )
+    with _lock:
+        if key not in _summarizers:
+            if settings.summary_provider == "local":
+                _summarizers[key] = LocalSummarizer()
+            else:
+                if not settings.openai_api_key:
+                    raise ConfigError(
+                        "OPENAI_API_KEY is not set (or set NEXUS_SUMMARY_PROVIDER=local for offline use)."
+                    )
+                _summarizers[key] = OpenAISummarizer(
+                    settings.openai_api_key, settings.summary_model, settings.openai_base_url
+                )
+        return _summarizers[key]
+
+
+def generate_summary(client_id: str, text: str, summarizer: Summarizer | None = None) -> str:
+    """A summary of `text` (kept from the seed; `client_id` is accepted for compatibility)."""
+    if summarizer is None:
+        from shared.config import get_settings
+
+        summarizer = summarizer_from_settings(get_settings())
+    from shared.text.chunking import chunk_text
+
+    return summarizer.summarize_item(chunk_text(text))
