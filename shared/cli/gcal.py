@@ -173,14 +173,15 @@ def _when(moment: datetime | None) -> str:
 def _token_store(settings: Settings) -> Iterator[GoogleTokenStore]:
     """The token store for a command: DATABASE_URL, Supabase, or the embedded Postgres under
     `.nexus/` (started and migrated on first use, like every other `nexus` command)."""
-    from shared.cli.main import database_url, migrate_database
     from shared.gcal.store import default_token_store
+    from shared.local.database import database_url
+    from shared.store.migrations import migrate
 
     uses_supabase = not settings.database_url and settings.supabase_url and settings.supabase_service_role_key
     if not uses_supabase:
         url = database_url(settings)
         if not settings.database_url:
-            migrate_database(url)
+            migrate(url)
         settings = settings.model_copy(update={"database_url": url})
     store = default_token_store(settings)
     try:

@@ -18,6 +18,7 @@ from typing import Any
 from shared.config import Settings, get_settings
 from shared.errors import NexusError
 from shared.http.problems import ProblemError
+from shared.local.database import database_url, open_store, uses_supabase_api
 
 EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "examples"
 
@@ -26,43 +27,12 @@ class CommandError(NexusError):
     """A command cannot do what was asked; the message says why."""
 
 
-def database_url(settings: Settings) -> str:
-    """DATABASE_URL, or the embedded server's DSN (started on first use, stopped at exit)."""
-    if settings.database_url:
-        return settings.database_url
-    from shared.local.embedded import start_embedded_postgres
-
-    return start_embedded_postgres(settings.home_path / "pgdata")
-
-
-def _uses_supabase_api(settings: Settings) -> bool:
-    return not settings.database_url and bool(settings.supabase_url and settings.supabase_service_role_key)
-
-
-def open_store(settings: Settings) -> Any:
-    """The store for CLI commands, migrating the embedded database on the way."""
-    from shared.store.postgres import default_store
-
-    if _uses_supabase_api(settings):
-        return default_store(settings)
-    url = database_url(settings)
-    if not settings.database_url:
-        migrate_database(url)
-    return default_store(settings.model_copy(update={"database_url": url}))
-
-
-def migrate_database(url: str) -> list[str]:
-    from shared.store.database import connect
-    from shared.store.migrations import apply_migrations
-
-    with connect(url, application_name="nexus-migrate") as conn:
-        return apply_migrations(conn)
-
-
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
-    if _uses_supabase_api(settings):
+    if uses_supabase_api(settings):
         raise CommandError("nexus migrate needs DATABASE_URL; with the Supabase CLI run 'supabase db push'.")
-    applied = migrate_database(database_url(settings))
+    from shared.store.migrations import migrate
+
+    applied = migrate(database_url(settings))
     print(f"applied {len(applied)} migration(s)" + "".join(f"\n  {name}" for name in applied))
     if not applied:
         print("database is up to date")

@@ -226,12 +226,13 @@ class LocalEnvironment:
 def local_environment(settings: Settings, *, migrate: bool) -> LocalEnvironment:
     """DATABASE_URL or the embedded server (started or reused), migrated when `migrate` is true
     or the database is the embedded one; local providers unless OPENAI_API_KEY is set."""
-    from shared.cli.main import database_url, migrate_database
+    from shared.local.database import database_url
+    from shared.store.migrations import migrate as apply_pending
 
     embedded = None if settings.database_url else settings.home_path / "pgdata"
     url = database_url(settings)
     if migrate or embedded is not None:
-        migrate_database(url)
+        apply_pending(url)
     update: dict[str, Any] = {"database_url": url}
     if not settings.openai_api_key:
         update.update(embedding_provider="local", summary_provider="local")
