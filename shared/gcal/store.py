@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from shared.errors import ConfigError, NexusError
+from shared.store.backends import SUPABASE, open_connection, store_backend
 
 
 @dataclass(frozen=True)
@@ -144,13 +145,9 @@ class SupabaseTokenStore(_TokenFunctions):
 
 
 def default_token_store(settings: Any) -> GoogleTokenStore:
-    """The backend the settings choose: psycopg for `DATABASE_URL`, else PostgREST for Supabase."""
-    if settings.database_url:
-        from shared.store.database import ConnectionHolder
-
-        return PostgresTokenStore(ConnectionHolder(settings.database_url, application_name="nexus-gcal"))
-    if settings.supabase_url and settings.supabase_service_role_key:
-        from shared.store.supabase import SupabaseStore
-
-        return SupabaseTokenStore(SupabaseStore(settings.supabase_url, settings.supabase_service_role_key))
-    raise ConfigError("DATABASE_URL is not set (nor SUPABASE_URL with SUPABASE_SERVICE_ROLE_KEY).")
+    """The backend the settings choose (`shared.store.store_backend`): psycopg for `DATABASE_URL`,
+    else PostgREST for Supabase."""
+    connection = open_connection(settings, application_name="nexus-gcal")
+    if store_backend(settings) == SUPABASE:
+        return SupabaseTokenStore(connection)
+    return PostgresTokenStore(connection)

@@ -9,18 +9,24 @@ message goes to the log, not to the caller.
 
 PostgREST returns at most `db-max-rows` rows (1000 on Supabase) of a set-returning function and
 drops the rest silently, after the function has run in full. So no call may produce more rows than
-`max_rows`: a claim leases at most `max_rows` items (a lease beyond it would come back to nobody),
-embedding look-ups go in pages of `max_rows` hashes, and search and backlog sizes are capped.
+`max_rows` (`SqlFunctionStore` applies it): a claim leases at most `max_rows` items (a lease beyond
+it would come back to nobody), look-ups go in pages of `max_rows` keys, and search and backlog
+sizes are capped.
+
+Every call is `SqlFunctionStore`'s; this backend fills its two primitives with `rpc`.
 """
 
 from __future__ import annotations
 
 import uuid
+from array import array
 from typing import Any
 
 from shared.errors import ConfigError, DatabaseUnavailable, NexusError
-from shared.store.postgres import ClaimedItem, CompletedItem, IngestOutcome, SearchHit
-from shared.store.vectors import from_pgvector_text, to_pgvector_text
+from shared.store.base import SqlFunctionStore
+from shared.store.vectors import to_pgvector_text
+
+__all__ = ["DEFAULT_MAX_ROWS", "SupabaseError", "SupabaseStore"]
 
 CONNECT_TIMEOUT_S = 10
 REQUEST_TIMEOUT_S = 60
@@ -38,7 +44,7 @@ class SupabaseError(NexusError):
     status = 500
 
 
-class SupabaseStore:
+class SupabaseStore(SqlFunctionStore):
     """Runs the store's SQL functions through supabase-py's `rpc` (service role key).
 
     One HTTP client per store, reused across warm invocations; `close()` releases it. `max_rows`
@@ -101,230 +107,15 @@ class SupabaseStore:
                 f"Supabase could not be reached ({type(exc).__name__}); check SUPABASE_URL and retry."
             ) from None
 
-    def ingest_items(self, items: list[dict[str, Any]]) -> list[IngestOutcome]:
-        rows = self.rpc("ingest_knowledge_items", {"items": items})
-        return sorted((IngestOutcome.from_row(row) for row in rows), key=lambda o: o.index)
+    def _rows(
+        self, function: str, arguments: dict[str, Any], *, idempotent: bool = False, vectors: bool = False
+    ) -> list[dict[str, Any]]:
+        rows = self.rpc(function, _json_arguments(arguments)) or []
+        # a set of scalars comes as bare values: name them as `select * from f()` would
+        return [row if isinstance(row, dict) else {function: row} for row in rows]
 
-    def ensure_client(self, client_id: uuid.UUID, name: str = "") -> None:
-        self.rpc("ensure_client", {"client_id": str(client_id), "client_name": name})
-
-    def status(self) -> dict[str, Any]:
-        return dict(self.rpc("knowledge_status", {}))
-
-    def claim_items(
-        self,
-        worker: str,
-        lease_s: float,
-        max_items: int,
-        max_attempts: int,
-        item_ids: list[uuid.UUID] | None = None,
-        max_chars: int | None = None,
-        probe: bool = False,
-    ) -> list[ClaimedItem]:
-        rows = self.rpc(
-            "claim_knowledge_items",
-            {
-                "worker": worker,
-                "lease_seconds": lease_s,
-                "max_items": min(max_items, self.max_rows),
-                "max_attempts": max_attempts,
-                "item_ids": None if item_ids is None else [str(i) for i in item_ids],
-                "max_chars": max_chars,
-                "probe": probe,
-            },
-        )
-        return [ClaimedItem.from_row(row) for row in rows or []]
-
-    def find_embeddings(self, hashes: list[str], model: str, dimensions: int) -> dict[str, Any]:
-        if not hashes:
-            return {}
-        found: dict[str, Any] = {}
-        for start in range(0, len(hashes), self.max_rows):
-            page = hashes[start : start + self.max_rows]
-            rows = self.rpc(
-                "find_chunk_embeddings", {"hashes": page, "model": model, "dimensions": dimensions}
-            )
-            found.update((row["content_sha256"], _vector_from_json(row["embedding"])) for row in rows or [])
-        return found
-
-    def save_embeddings(self, vectors: dict[str, Any], model: str, dimensions: int) -> int:
-        if not vectors:
-            return 0
-        arguments = {
-            "hashes": list(vectors),
-            "model": model,
-            "dimensions": dimensions,
-            "embeddings": [to_pgvector_text(v) for v in vectors.values()],
-        }
-        return int(self.rpc("save_chunk_embeddings", arguments) or 0)
-
-    def complete_items(self, worker: str, completed: list[CompletedItem]) -> set[uuid.UUID]:
-        """One `complete_knowledge_item` call (one transaction) per item."""
-        stored: set[uuid.UUID] = set()
-        for c in completed:
-            chunks = [
-                {
-                    "chunk_index": chunk.chunk_index,
-                    "content": chunk.content,
-                    "embedding": to_pgvector_text(chunk.embedding),
-                    "token_count": chunk.token_count,
-                    "char_start": chunk.char_start,
-                    "char_end": chunk.char_end,
-                }
-                for chunk in c.chunks
-            ]
-            ok = self.rpc(
-                "complete_knowledge_item",
-                {
-                    "item_id": str(c.item.id),
-                    "worker": worker,
-                    "claimed_sha256": c.item.content_sha256,
-                    "chunks": chunks,
-                    "item_summary": c.summary,
-                    "model": c.model,
-                    "dimensions": c.dimensions,
-                    "tokens": c.token_count,
-                    "elapsed_ms": c.elapsed_ms,
-                },
-            )
-            if ok:
-                stored.add(c.item.id)
-        return stored
-
-    def fail_item(
-        self,
-        item_id: uuid.UUID,
-        worker: str,
-        error: str,
-        max_attempts: int,
-        retry_base_s: float,
-        permanent: bool,
-    ) -> str | None:
-        status = self.rpc(
-            "fail_knowledge_item",
-            {
-                "item_id": str(item_id),
-                "worker": worker,
-                "error": error,
-                "max_attempts": max_attempts,
-                "retry_base_seconds": retry_base_s,
-                "permanent": permanent,
-            },
-        )
-        return str(status) if status else None
-
-    def release_items(self, item_ids: list[uuid.UUID], worker: str) -> int:
-        if not item_ids:
-            return 0
-        return int(
-            self.rpc("release_knowledge_items", {"item_ids": [str(i) for i in item_ids], "worker": worker})
-        )
-
-    def client_summary(self, client_id: uuid.UUID) -> str | None:
-        return self.client_summary_backlog(client_id).get("summary") or None
-
-    def client_summary_backlog(self, client_id: uuid.UUID, max_items: int = 50) -> dict[str, Any]:
-        return dict(self.rpc("client_summary_backlog", {"client": str(client_id), "max_items": max_items}))
-
-    def clients_with_summary_backlog(self, max_clients: int = 100) -> list[uuid.UUID]:
-        rows = (
-            self.rpc("clients_with_summary_backlog", {"max_clients": min(max_clients, self.max_rows)}) or []
-        )
-        return [uuid.UUID(str(row)) for row in rows]
-
-    def save_client_summary(
-        self,
-        client_id: uuid.UUID,
-        expected_version: int,
-        summary: str,
-        item_ids: list[uuid.UUID],
-        model: str,
-        processed_at: list[str] | None = None,
-    ) -> bool:
-        return bool(
-            self.rpc(
-                "save_client_summary",
-                {
-                    "client": str(client_id),
-                    "expected_version": expected_version,
-                    "new_summary": summary,
-                    "folded_item_ids": [str(i) for i in item_ids],
-                    "model_name": model,
-                    "folded_processed_at": processed_at,
-                },
-            )
-        )
-
-    def defer_items(self, item_ids: list[uuid.UUID], worker: str, error: str, retry_base_s: float) -> int:
-        if not item_ids:
-            return 0
-        params = {
-            "item_ids": [str(i) for i in item_ids],
-            "worker": worker,
-            "error": error,
-            "retry_base_seconds": retry_base_s,
-        }
-        return int(self.rpc("defer_knowledge_items", params) or 0)
-
-    def provider_gate(self, provider: str, worker: str, probe_s: float) -> dict[str, Any]:
-        params = {"provider_name": provider, "worker": worker, "probe_seconds": probe_s}
-        return dict(self.rpc("provider_gate", params))
-
-    def record_provider_failure(
-        self, provider: str, error: str, quota: bool, retry_after_s: float | None, probe_s: float
-    ) -> dict[str, Any]:
-        params = {
-            "provider_name": provider,
-            "error": error,
-            "quota": quota,
-            "retry_after_seconds": retry_after_s,
-            "probe_seconds": probe_s,
-        }
-        return dict(self.rpc("record_provider_failure", params))
-
-    def record_provider_success(self, provider: str) -> bool:
-        return bool(self.rpc("record_provider_success", {"provider_name": provider}))
-
-    def find_summaries(self, keys: list[str]) -> dict[str, str]:
-        found: dict[str, str] = {}
-        for start in range(0, len(keys), self.max_rows):
-            rows = self.rpc("find_summaries", {"keys": keys[start : start + self.max_rows]}) or []
-            found.update({row["input_sha256"]: row["summary"] for row in rows})
-        return found
-
-    def save_summaries(self, summaries: dict[str, str]) -> int:
-        if not summaries:
-            return 0
-        params = {"keys": list(summaries), "summaries": list(summaries.values())}
-        return int(self.rpc("save_summaries", params) or 0)
-
-    def schema_facts(self) -> dict[str, Any]:
-        return dict(self.rpc("knowledge_schema", {}) or {})
-
-    def index_chunks(self, max_rows: int) -> int:
-        return int(self.rpc("index_pending_chunks", {"max_rows": max_rows}) or 0)
-
-    def search(self, embedding: Any, k: int, client_id: uuid.UUID | None) -> list[SearchHit]:
-        rows = self.rpc(
-            "match_knowledge_chunks",
-            {
-                "query_embedding": to_pgvector_text(embedding),
-                "match_count": min(k, self.max_rows),
-                "filter_client_id": None if client_id is None else str(client_id),
-            },
-        )
-        return [
-            SearchHit(
-                id=uuid.UUID(row["id"]),
-                knowledge_item_id=uuid.UUID(row["knowledge_item_id"]),
-                client_id=uuid.UUID(row["client_id"]),
-                chunk_index=int(row["chunk_index"]),
-                content=row["content"],
-                source=row["source"],
-                similarity=float(row["similarity"]),
-            )
-            for row in rows or []
-        ]
+    def _value(self, function: str, arguments: dict[str, Any], *, idempotent: bool = False) -> Any:
+        return self.rpc(function, _json_arguments(arguments))
 
 
 def _api_error(function: str, exc: Any) -> NexusError:
@@ -361,8 +152,16 @@ def _api_error(function: str, exc: Any) -> NexusError:
     return SupabaseError(f"Supabase could not run {function} ({code or 'no error code'}); see the logs.")
 
 
-def _vector_from_json(value: Any) -> Any:
-    """PostgREST sends a vector as its text form; accept a JSON array too."""
-    from array import array
+def _json_arguments(arguments: dict[str, Any]) -> dict[str, Any]:
+    """Arguments as PostgREST's JSON takes them: uuids as strings, vectors in pgvector's text form."""
+    return {name: _json_value(value) for name, value in arguments.items()}
 
-    return from_pgvector_text(value) if isinstance(value, str) else array("f", value)
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, array):
+        return to_pgvector_text(value)
+    if isinstance(value, list):
+        return [_json_value(v) for v in value]
+    return value

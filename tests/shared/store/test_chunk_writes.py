@@ -1,5 +1,6 @@
 """The chunk write path: binary COPY rows encoded by `copy_rows_binary` read back exactly, rows
-stay inline (no TOAST) at their usual size, and `content_sha256` is right however a row is written."""
+stay inline (no TOAST) at their usual size, `content_sha256` is right however a row is written,
+and both backends keep the same stored rows when an item is completed again (one rule, in SQL)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,19 @@ import random
 import time
 import uuid
 from array import array
+from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import psycopg
+import pytest
 
-from shared.store.postgres import ChunkRecord, CompletedItem, PostgresStore
-from shared.store.vectors import from_pgvector_text
+from shared.store import ChunkRecord, CompletedItem, PostgresStore, Store, SupabaseStore
+from shared.store.vectors import from_pgvector_text, to_pgvector_text
+from tests.support.postgrest import PostgrestStandIn
 from tests.support.process_helpers import insert_items
+
+SERVICE_KEY = "sb_secret_Ch7nkWr1tesK3epRu1e_xSvEMPvz"
 
 
 def vector(rng: random.Random) -> array[float]:
@@ -139,3 +146,80 @@ def test_an_items_content_hash_and_length_follow_its_content_only(
         "update knowledge_items set content_sha256 = 'forged', char_count = 1 where id = %s", (item_id,)
     )
     assert facts() == (sha("second"), 6)
+
+
+@pytest.fixture
+def supabase_store(pg_url: str) -> Iterator[SupabaseStore]:
+    with PostgrestStandIn(pg_url, {SERVICE_KEY: "service_role"}) as server:
+        store = SupabaseStore(server.url, SERVICE_KEY)
+        yield store
+        store.close()
+
+
+def test_both_backends_keep_the_same_rows_for_the_same_completions(
+    admin: psycopg.Connection[Any], store: PostgresStore, supabase_store: SupabaseStore, client_id: uuid.UUID
+) -> None:
+    """The same completions, one item per backend: after each, the same rows are rewritten (new
+    ids) and the stored chunks are the same. A row stays only when its index, text, model,
+    dimensions, token count and span all match, and only on an item processed before."""
+    rng = random.Random(8)
+    base = [
+        ChunkRecord(i, f"part {i} of {client_id}", vector(rng), 10 + i, 100 * i, 100 * i + 90)
+        for i in range(4)
+    ]
+    edited = [
+        base[0],
+        replace(base[1], char_end=base[1].char_end + 1),  # moved in the text
+        replace(base[2], content="edited text", content_sha256=""),
+        replace(base[3], token_count=99),
+        ChunkRecord(4, "a new last part", vector(rng), 5, 400, 415),
+    ]
+    steps = [
+        ("first", base, "model-a", [0, 1, 2, 3]),  # the row written by hand at index 0 is replaced
+        ("unchanged", base, "model-a", []),
+        ("edited", edited, "model-a", [1, 2, 3, 4]),
+        ("shorter", edited[:2], "model-a", []),  # rows 2-4 deleted, 0-1 kept
+        ("other-model", edited[:2], "model-b", [0, 1]),
+    ]
+
+    def complete_in_steps(backend: Store, item_id: uuid.UUID) -> list[tuple[str, list[int], list[Any]]]:
+        admin.execute(  # a stray row matching the first chunk, on an item never processed
+            "insert into knowledge_chunks (knowledge_item_id, client_id, chunk_index, content, embedding, "
+            "token_count, char_start, char_end, embedding_model, embedding_dimensions) "
+            "values (%s, %s, 0, %s, %s, %s, %s, %s, 'model-a', 1536)",
+            (item_id, client_id, base[0].content, to_pgvector_text(base[0].embedding), 10, 0, 90),
+        )
+        history, before = [], row_ids(admin, item_id)
+        for name, chunks, model, _ in steps:
+            admin.execute("update knowledge_items set status = 'pending' where id = %s", (item_id,))
+            [claimed] = backend.claim_items("keep-test", 60, 1, 100, item_ids=[item_id])
+            done = backend.complete_items("keep-test", [CompletedItem(claimed, chunks, "s", model, 1536, 1)])
+            assert done == {item_id}, name
+            after = row_ids(admin, item_id)
+            history.append(
+                (name, sorted(i for i in after if before.get(i) != after[i]), chunk_rows(admin, item_id))
+            )
+            before = after
+        return history
+
+    on_postgres, on_supabase = insert_items(admin, client_id, ["postgres item", "supabase item"])
+    history = complete_in_steps(store, on_postgres)
+    assert history == complete_in_steps(supabase_store, on_supabase)
+    assert [(name, rewritten) for name, rewritten, _ in history] == [(s[0], s[3]) for s in steps]
+    assert [len(rows) for _, _, rows in history] == [4, 4, 5, 2, 2]
+
+
+def row_ids(admin: psycopg.Connection[Any], item_id: uuid.UUID) -> dict[int, uuid.UUID]:
+    rows = admin.execute(
+        "select chunk_index, id from knowledge_chunks where knowledge_item_id = %s", (item_id,)
+    ).fetchall()
+    return {r["chunk_index"]: r["id"] for r in rows}
+
+
+def chunk_rows(admin: psycopg.Connection[Any], item_id: uuid.UUID) -> list[Any]:
+    return admin.execute(
+        "select chunk_index, content, content_sha256, token_count, char_start, char_end, embedding_model, "
+        "embedding_dimensions, embedding::text as embedding, client_id from knowledge_chunks "
+        "where knowledge_item_id = %s order by chunk_index",
+        (item_id,),
+    ).fetchall()

@@ -21,8 +21,7 @@ import pytest
 
 from shared.config import reset_settings
 from shared.errors import ConfigError, DatabaseUnavailable
-from shared.store.postgres import IngestOutcome, PostgresStore, Store
-from shared.store.supabase import SupabaseError, SupabaseStore
+from shared.store import IngestOutcome, PostgresStore, Store, SupabaseError, SupabaseStore
 from tests.conftest import API_KEY, count_items, load_event, load_function
 from tests.support.postgrest import PostgrestStandIn
 from tests.support.process_helpers import assert_exact_chunk_set

@@ -1,0 +1,264 @@
+"""Every store call, written once: which SQL function, with which arguments, and how its answer
+reads. A backend only says how to run a SQL function (two primitives):
+
+- `_rows(function, arguments)`: the rows of a set-returning function, as
+  `select * from public.function(name => value, …)` gives them (dicts; a set of scalars has one
+  column named after the function);
+- `_value(function, arguments)`: the single value of a scalar function.
+
+Arguments are Python values: uuids as `uuid.UUID`, arrays as lists, vectors as `array('f')`; the
+backend adapts them (psycopg parameters, or PostgREST's JSON). `idempotent=True` marks a call
+that may run twice on a dropped idle connection; `vectors=True` one that sends or reads `vector`s.
+`max_rows` is how many rows one call may answer (PostgREST's `db-max-rows`; None: no limit):
+claims, searches and backlogs are capped to it and look-ups go in pages of it.
+
+`PostgresStore` overrides only what it does faster (completion by binary COPY, parallel writers);
+`complete_items` here is the one-call-per-item path through `complete_knowledge_item`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from array import array
+from typing import Any
+
+from shared.store.rows import ClaimedItem, CompletedItem, IngestOutcome, SearchHit
+from shared.store.vectors import from_pgvector_text, to_pgvector_text
+
+__all__ = ["SqlFunctionStore"]
+
+
+class SqlFunctionStore:
+    """The store's calls over a backend's `_rows` and `_value` (see the module docstring)."""
+
+    max_rows: int | None = None
+
+    def _rows(
+        self, function: str, arguments: dict[str, Any], *, idempotent: bool = False, vectors: bool = False
+    ) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def _value(self, function: str, arguments: dict[str, Any], *, idempotent: bool = False) -> Any:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def _capped(self, count: int) -> int:
+        return count if self.max_rows is None else min(count, self.max_rows)
+
+    def _pages(self, values: list[str]) -> list[list[str]]:
+        size = self.max_rows or max(len(values), 1)
+        return [values[start : start + size] for start in range(0, len(values), size)]
+
+    # --- ingest and clients ---
+
+    def ingest_items(self, items: list[dict[str, Any]]) -> list[IngestOutcome]:
+        rows = self._rows("ingest_knowledge_items", {"items": items})
+        return sorted((IngestOutcome.from_row(row) for row in rows), key=lambda o: o.index)
+
+    def ensure_client(self, client_id: uuid.UUID, name: str = "") -> None:
+        self._value("ensure_client", {"client_id": client_id, "client_name": name}, idempotent=True)
+
+    def status(self) -> dict[str, Any]:
+        return dict(self._value("knowledge_status", {}, idempotent=True) or {})
+
+    def schema_facts(self) -> dict[str, Any]:
+        return dict(self._value("knowledge_schema", {}, idempotent=True) or {})
+
+    # --- processing ---
+
+    def claim_items(
+        self,
+        worker: str,
+        lease_s: float,
+        max_items: int,
+        max_attempts: int,
+        item_ids: list[uuid.UUID] | None = None,
+        max_chars: int | None = None,
+        probe: bool = False,
+    ) -> list[ClaimedItem]:
+        arguments = {
+            "worker": worker,
+            "lease_seconds": lease_s,
+            "max_items": self._capped(max_items),  # a lease beyond the answer would come back to nobody
+            "max_attempts": max_attempts,
+            "item_ids": item_ids,
+            "max_chars": max_chars,
+            "probe": probe,
+        }
+        return [ClaimedItem.from_row(row) for row in self._rows("claim_knowledge_items", arguments)]
+
+    def find_embeddings(self, hashes: list[str], model: str, dimensions: int) -> dict[str, array[float]]:
+        found: dict[str, array[float]] = {}
+        for page in self._pages(hashes):
+            arguments = {"hashes": page, "model": model, "dimensions": dimensions}
+            rows = self._rows("find_chunk_embeddings", arguments, idempotent=True, vectors=True)
+            found.update((row["content_sha256"], _vector(row["embedding"])) for row in rows)
+        return found
+
+    def save_embeddings(self, vectors: dict[str, array[float]], model: str, dimensions: int) -> int:
+        if not vectors:
+            return 0
+        arguments = {
+            "hashes": list(vectors),
+            "model": model,
+            "dimensions": dimensions,
+            "embeddings": [to_pgvector_text(v) for v in vectors.values()],
+        }
+        return int(self._value("save_chunk_embeddings", arguments) or 0)
+
+    def complete_items(self, worker: str, completed: list[CompletedItem]) -> set[uuid.UUID]:
+        """One `complete_knowledge_item` call (one transaction) per item."""
+        stored: set[uuid.UUID] = set()
+        for c in completed:
+            chunks = [
+                {
+                    "chunk_index": chunk.chunk_index,
+                    "content": chunk.content,
+                    "embedding": to_pgvector_text(chunk.embedding),
+                    "token_count": chunk.token_count,
+                    "char_start": chunk.char_start,
+                    "char_end": chunk.char_end,
+                }
+                for chunk in c.chunks
+            ]
+            arguments = {
+                "item_id": c.item.id,
+                "worker": worker,
+                "claimed_sha256": c.item.content_sha256,
+                "chunks": chunks,
+                "item_summary": c.summary,
+                "model": c.model,
+                "dimensions": c.dimensions,
+                "tokens": c.token_count,
+                "elapsed_ms": c.elapsed_ms,
+            }
+            if self._value("complete_knowledge_item", arguments):
+                stored.add(c.item.id)
+        return stored
+
+    def fail_item(
+        self,
+        item_id: uuid.UUID,
+        worker: str,
+        error: str,
+        max_attempts: int,
+        retry_base_s: float,
+        permanent: bool,
+    ) -> str | None:
+        arguments = {
+            "item_id": item_id,
+            "worker": worker,
+            "error": error,
+            "max_attempts": max_attempts,
+            "retry_base_seconds": retry_base_s,
+            "permanent": permanent,
+        }
+        status = self._value("fail_knowledge_item", arguments)
+        return str(status) if status else None
+
+    def release_items(self, item_ids: list[uuid.UUID], worker: str) -> int:
+        if not item_ids:
+            return 0
+        return int(self._value("release_knowledge_items", {"item_ids": item_ids, "worker": worker}) or 0)
+
+    def defer_items(self, item_ids: list[uuid.UUID], worker: str, error: str, retry_base_s: float) -> int:
+        if not item_ids:
+            return 0
+        arguments = {
+            "item_ids": item_ids,
+            "worker": worker,
+            "error": error,
+            "retry_base_seconds": retry_base_s,
+        }
+        return int(self._value("defer_knowledge_items", arguments) or 0)
+
+    def index_chunks(self, max_rows: int) -> int:
+        return int(self._value("index_pending_chunks", {"max_rows": max_rows}) or 0)
+
+    # --- the fleet's provider back-off ---
+
+    def provider_gate(self, provider: str, worker: str, probe_s: float) -> dict[str, Any]:
+        arguments = {"provider_name": provider, "worker": worker, "probe_seconds": probe_s}
+        return dict(self._value("provider_gate", arguments, idempotent=True))
+
+    def record_provider_failure(
+        self, provider: str, error: str, quota: bool, retry_after_s: float | None, probe_s: float
+    ) -> dict[str, Any]:
+        arguments = {
+            "provider_name": provider,
+            "error": error,
+            "quota": quota,
+            "retry_after_seconds": retry_after_s,
+            "probe_seconds": probe_s,
+        }
+        return dict(self._value("record_provider_failure", arguments))
+
+    def record_provider_success(self, provider: str) -> bool:
+        return bool(self._value("record_provider_success", {"provider_name": provider}))
+
+    # --- summaries ---
+
+    def find_summaries(self, keys: list[str]) -> dict[str, str]:
+        found: dict[str, str] = {}
+        for page in self._pages(keys):
+            rows = self._rows("find_summaries", {"keys": page})
+            found.update({row["input_sha256"]: row["summary"] for row in rows})
+        return found
+
+    def save_summaries(self, summaries: dict[str, str]) -> int:
+        if not summaries:
+            return 0
+        arguments = {"keys": list(summaries), "summaries": list(summaries.values())}
+        return int(self._value("save_summaries", arguments) or 0)
+
+    def client_summary(self, client_id: uuid.UUID) -> str | None:
+        return self.client_summary_backlog(client_id).get("summary") or None
+
+    def client_summary_backlog(self, client_id: uuid.UUID, max_items: int = 50) -> dict[str, Any]:
+        arguments = {"client": client_id, "max_items": max_items}
+        backlog = self._value("client_summary_backlog", arguments, idempotent=True)
+        return dict(backlog) if backlog else {"summary": "", "version": 0, "items": []}
+
+    def save_client_summary(
+        self,
+        client_id: uuid.UUID,
+        expected_version: int,
+        summary: str,
+        item_ids: list[uuid.UUID],
+        model: str,
+        processed_at: list[str] | None = None,
+    ) -> bool:
+        arguments = {
+            "client": client_id,
+            "expected_version": expected_version,
+            "new_summary": summary,
+            "folded_item_ids": item_ids,
+            "model_name": model,
+            "folded_processed_at": processed_at,
+        }
+        return bool(self._value("save_client_summary", arguments))
+
+    def clients_with_summary_backlog(self, max_clients: int = 100) -> list[uuid.UUID]:
+        function = "clients_with_summary_backlog"
+        rows = self._rows(function, {"max_clients": self._capped(max_clients)}, idempotent=True)
+        return [uuid.UUID(str(row[function])) for row in rows]
+
+    # --- search ---
+
+    def search(self, embedding: array[float], k: int, client_id: uuid.UUID | None) -> list[SearchHit]:
+        arguments = {
+            "query_embedding": embedding,
+            "match_count": self._capped(k),
+            "filter_client_id": client_id,
+        }
+        rows = self._rows("match_knowledge_chunks", arguments, idempotent=True, vectors=True)
+        return [SearchHit.from_row(row) for row in rows]
+
+
+def _vector(value: Any) -> array[float]:
+    """A vector as read: `array('f')` from psycopg, pgvector's text form (or a JSON array) from PostgREST."""
+    if isinstance(value, array):
+        return value
+    return from_pgvector_text(value) if isinstance(value, str) else array("f", value)

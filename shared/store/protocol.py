@@ -1,0 +1,145 @@
+"""The `Store` protocol: every read and write the workers make, whatever the backend.
+
+`PostgresStore` (psycopg) and `SupabaseStore` (PostgREST) implement it over the same SQL functions
+(`shared.store.base.SqlFunctionStore`); tests may pass any object with these methods.
+"""
+
+from __future__ import annotations
+
+import uuid
+from array import array
+from typing import Any, Protocol
+
+from shared.store.rows import ClaimedItem, CompletedItem, IngestOutcome, SearchHit
+
+__all__ = ["Store"]
+
+
+class Store(Protocol):
+    def ingest_items(self, items: list[dict[str, Any]]) -> list[IngestOutcome]:
+        """Store items atomically (all or, on unknown client / key conflict, none)."""
+        ...
+
+    def ensure_client(self, client_id: uuid.UUID, name: str = "") -> None:
+        """Create the client when it does not exist."""
+        ...
+
+    def close(self) -> None:
+        """Close the store's connections (a warm function keeps its store open instead)."""
+        ...
+
+    def status(self) -> dict[str, Any]:
+        """Counts per status, the oldest pending item's time, and recent failures."""
+        ...
+
+    def claim_items(
+        self,
+        worker: str,
+        lease_s: float,
+        max_items: int,
+        max_attempts: int,
+        item_ids: list[uuid.UUID] | None = None,
+        max_chars: int | None = None,
+        probe: bool = False,
+    ) -> list[ClaimedItem]:
+        """Lease up to `max_items` items (and `max_chars` characters) for `worker`, oldest first;
+        `probe`: the pending item given back least often for a provider failure (see
+        `claim_knowledge_items`)."""
+        ...
+
+    def find_embeddings(self, hashes: list[str], model: str, dimensions: int) -> dict[str, array[float]]:
+        """Stored embeddings by chunk text sha256 for this model and dimensions (from stored chunks
+        and from the embedding cache)."""
+        ...
+
+    def save_embeddings(self, vectors: dict[str, array[float]], model: str, dimensions: int) -> int:
+        """Keep vectors by chunk text sha256 that no stored chunk holds yet (for items given back
+        unfinished), so `find_embeddings` finds them; returns how many were new."""
+        ...
+
+    def complete_items(self, worker: str, completed: list[CompletedItem]) -> set[uuid.UUID]:
+        """Replace each item's chunks and mark it done, atomically; returns the ids stored
+        (an item whose lease was lost or whose content changed meanwhile is left alone)."""
+        ...
+
+    def fail_item(
+        self,
+        item_id: uuid.UUID,
+        worker: str,
+        error: str,
+        max_attempts: int,
+        retry_base_s: float,
+        permanent: bool,
+    ) -> str | None:
+        """Record a failed attempt; returns the new status (None if the lease was lost)."""
+        ...
+
+    def release_items(self, item_ids: list[uuid.UUID], worker: str) -> int:
+        """Give unstarted claims back without counting an attempt."""
+        ...
+
+    def defer_items(self, item_ids: list[uuid.UUID], worker: str, error: str, retry_base_s: float) -> int:
+        """Give claims back after a provider failure: no attempt counted, a short deferral of their
+        own (lifted when the provider recovers); see `defer_knowledge_items`."""
+        ...
+
+    def provider_gate(self, provider: str, worker: str, probe_s: float) -> dict[str, Any]:
+        """Whether `worker` may claim now given the fleet's back-off for `provider`:
+        {"state", "claim", "probe", ...} (see `provider_gate` in the migrations)."""
+        ...
+
+    def record_provider_failure(
+        self, provider: str, error: str, quota: bool, retry_after_s: float | None, probe_s: float
+    ) -> dict[str, Any]:
+        """Open (or extend) the fleet's back-off for `provider`."""
+        ...
+
+    def record_provider_success(self, provider: str) -> bool:
+        """Close the back-off for `provider` and free the items it deferred; whether one was open."""
+        ...
+
+    def find_summaries(self, keys: list[str]) -> dict[str, str]:
+        """Summaries kept by their input key (`shared.providers.summaries.summary_key`)."""
+        ...
+
+    def save_summaries(self, summaries: dict[str, str]) -> int:
+        """Keep summaries by their input key; returns how many were new."""
+        ...
+
+    def schema_facts(self) -> dict[str, Any]:
+        """Facts settings must agree with, e.g. {"embedding_dimensions": 1536}."""
+        ...
+
+    def client_summary(self, client_id: uuid.UUID) -> str | None:
+        """The client's current summary, if it has one."""
+        ...
+
+    def client_summary_backlog(self, client_id: uuid.UUID, max_items: int = 50) -> dict[str, Any]:
+        """{"summary", "version", "items": [{"id", "summary"}]} still to fold for a client, at most
+        `max_items` items (oldest first)."""
+        ...
+
+    def save_client_summary(
+        self,
+        client_id: uuid.UUID,
+        expected_version: int,
+        summary: str,
+        item_ids: list[uuid.UUID],
+        model: str,
+        processed_at: list[str] | None = None,
+    ) -> bool:
+        """Store a folded summary unless another was saved since `expected_version`; marks folded
+        only the items still carrying the summary read (their `processed_at` from the backlog)."""
+        ...
+
+    def clients_with_summary_backlog(self, max_clients: int = 100) -> list[uuid.UUID]:
+        """Clients whose done items are not all folded into their summary yet."""
+        ...
+
+    def index_chunks(self, max_rows: int) -> int:
+        """Move up to `max_rows` stored chunks into the vector index; returns how many moved."""
+        ...
+
+    def search(self, embedding: array[float], k: int, client_id: uuid.UUID | None) -> list[SearchHit]:
+        """The `k` chunks nearest to `embedding` (cosine), optionally for one client."""
+        ...

@@ -1,0 +1,131 @@
+"""The typed rows the store hands out and takes in: plain frozen dataclasses, no database types.
+
+`from_row` reads a row the way either backend returns it (psycopg's dict rows with uuid objects,
+or PostgREST's JSON with uuids as strings).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from array import array
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["ChunkRecord", "ClaimedItem", "CompletedItem", "IngestOutcome", "SearchHit"]
+
+
+@dataclass(frozen=True)
+class IngestOutcome:
+    """What happened to one item of an ingest call (see `ingest_knowledge_items` in the migrations)."""
+
+    index: int
+    item_id: uuid.UUID | None
+    outcome: str  # created | duplicate | updated | unknown_client | idempotency_conflict
+    status: str | None
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> IngestOutcome:
+        item_id = row["item_id"]
+        return cls(
+            index=int(row["item_index"]),
+            item_id=uuid.UUID(str(item_id)) if item_id is not None else None,
+            outcome=str(row["outcome"]),
+            status=row["item_status"],
+        )
+
+
+@dataclass(frozen=True)
+class ClaimedItem:
+    """An item this worker holds the lease on, with what processing needs."""
+
+    id: uuid.UUID
+    client_id: uuid.UUID
+    source: str
+    content: str
+    content_sha256: str
+    processed_sha256: str | None
+    embedding_model: str | None
+    embedding_dimensions: int | None
+    attempts: int
+    transient_failures: int = 0  # times given back for a provider failure (no attempt counted)
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> ClaimedItem:
+        return cls(
+            id=uuid.UUID(str(row["id"])),
+            client_id=uuid.UUID(str(row["client_id"])),
+            source=row["source"],
+            content=row["content"],
+            content_sha256=row["content_sha256"],
+            processed_sha256=row["processed_sha256"],
+            embedding_model=row["embedding_model"],
+            embedding_dimensions=row["embedding_dimensions"],
+            attempts=int(row["attempts"]),
+            transient_failures=int(row.get("transient_failures") or 0),
+        )
+
+
+@dataclass(frozen=True)
+class ChunkRecord:
+    chunk_index: int
+    content: str
+    embedding: array[float]
+    token_count: int
+    char_start: int
+    char_end: int
+    content_sha256: str = ""  # sha256 hex of content; computed here when not given
+
+    def __post_init__(self) -> None:
+        if not self.content_sha256:
+            object.__setattr__(self, "content_sha256", hashlib.sha256(self.content.encode()).hexdigest())
+
+
+@dataclass(frozen=True)
+class CompletedItem:
+    """A processed item ready to store: its chunks replace the old ones in one transaction."""
+
+    item: ClaimedItem
+    chunks: list[ChunkRecord]
+    summary: str
+    model: str
+    dimensions: int
+    elapsed_ms: int
+
+    @property
+    def token_count(self) -> int:
+        return sum(c.token_count for c in self.chunks)
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    id: uuid.UUID
+    knowledge_item_id: uuid.UUID
+    client_id: uuid.UUID
+    chunk_index: int
+    content: str
+    source: str
+    similarity: float
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> SearchHit:
+        return cls(
+            id=uuid.UUID(str(row["id"])),
+            knowledge_item_id=uuid.UUID(str(row["knowledge_item_id"])),
+            client_id=uuid.UUID(str(row["client_id"])),
+            chunk_index=int(row["chunk_index"]),
+            content=row["content"],
+            source=row["source"],
+            similarity=float(row["similarity"]),
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": str(self.id),
+            "knowledge_item_id": str(self.knowledge_item_id),
+            "client_id": str(self.client_id),
+            "chunk_index": self.chunk_index,
+            "content": self.content,
+            "source": self.source,
+            "similarity": self.similarity,
+        }
