@@ -2,7 +2,7 @@
 """Processing benchmark (issue 3): chunk → embed → store on a real corpus, against a naive baseline.
 
 The job: Debian's PostgreSQL manual (`postgresql-doc-15`, HTML turned into text with
-`shared.text.documents.html_to_text`, the first 500 pages by file name), 350-token chunks, the local
+`shared.text.html.html_to_text`, the first 500 pages by file name), 350-token chunks, the local
 OpenAI-compatible server (`tests/support/openai_server.py`) answering each request after 80 ms,
 and the embedded Postgres with pgvector. The corpus is installed with apt at run time when absent
 and never committed.
@@ -45,6 +45,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -153,6 +154,38 @@ def _process_cpu_s(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+class EmbedderCounts:
+    """What the worker asked of its OpenAI embedder, counted from outside it: requests (as the
+    embedder packs each call), inputs and tokens of the calls answered, and retries (one backoff
+    wait each). Instance attributes shadow `embed` and the retry policy's `sleep`."""
+
+    def __init__(self, embedder: Any) -> None:
+        from shared.providers.embeddings import pack_requests
+        from shared.text.tokenizer import count_tokens
+
+        self.requests = self.inputs = self.tokens = self.retries = 0
+        self._lock = threading.Lock()
+        embed, sleep = embedder.embed, embedder.retry.sleep
+
+        def counted_embed(texts: Any, token_counts: Any = None, token_ids: Any = None) -> Any:
+            vectors = embed(texts, token_counts, token_ids)
+            counts = list(token_counts) if token_counts is not None else [count_tokens(t) for t in texts]
+            groups = pack_requests(counts, embedder.max_request_inputs, embedder.max_request_tokens)
+            with self._lock:
+                self.requests += len(groups)
+                self.inputs += len(texts)
+                self.tokens += sum(counts)
+            return vectors
+
+        def counted_sleep(seconds: float) -> None:
+            with self._lock:
+                self.retries += 1
+            sleep(seconds)
+
+        embedder.embed = counted_embed
+        embedder.retry.sleep = counted_sleep
+
+
 def _cpu_s() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -187,6 +220,7 @@ def run_sweep_worker(args: argparse.Namespace) -> None:
     setup_s = time.perf_counter() - started
     timer = PhaseTimer()
     timer.instrument(processor, store)
+    stats = EmbedderCounts(processor.embedder)  # outermost, so the embed timing leaves it out
     done_at: list[float] = []
     process_claimed = processor.process_claimed
 
@@ -217,7 +251,6 @@ def run_sweep_worker(args: argparse.Namespace) -> None:
         with writer.holder.connection() as conn:
             pid = conn.execute("select pg_backend_pid() as pid").fetchone()
         backend_cpu_s = (backend_cpu_s or 0.0) + (_process_cpu_s(int(pid["pid"])) or 0.0)
-    stats = processor.embedder.stats
     result = {
         "summaries": args.summaries,
         "report": report.as_dict(),
@@ -377,7 +410,7 @@ def install_docs() -> Path:
 
 def load_corpus(doc_dir: Path, max_docs: int) -> list[Document]:
     """The first `max_docs` non-empty pages by file name, as text, with exact cl100k token counts."""
-    from shared.text.documents import html_to_text
+    from shared.text.html import html_to_text
     from shared.text.tokenizer import get_encoding
 
     encoding = get_encoding()
@@ -721,8 +754,8 @@ def measure_chunk_writes(
     first round are then moved into the HNSW graph, timed."""
     from array import array
 
+    from shared.store import ChunkRecord, CompletedItem, PostgresStore
     from shared.store.database import ConnectionHolder, connect
-    from shared.store.postgres import ChunkRecord, CompletedItem, PostgresStore
     from tests.support.openai_server import embedding_bytes
 
     if variant == "product_doc_sized":
@@ -1076,7 +1109,7 @@ def _header(results: dict[str, Any]) -> list[str]:
         "",
         f"Corpus: Debian `{corpus['package']}`, the first {corpus['documents']} HTML pages of "
         f"`{corpus['dir']}` by file name (`{corpus['first']}` … `{corpus['last']}`), as text through "
-        f"`shared.text.documents.html_to_text`: {corpus['tokens']:,} cl100k tokens, {corpus['chars']:,} "
+        f"`shared.text.html.html_to_text`: {corpus['tokens']:,} cl100k tokens, {corpus['chars']:,} "
         "characters; installed at run time, never committed. Server: `tests/support/openai_server.py` in "
         f"its own process, {results['latency_ms']:.0f} ms per request. Ours: `Processor.sweep` in a worker "
         "subprocess (its own RSS), OpenAI embedder, **local** summariser (LLM summaries are not part of the "

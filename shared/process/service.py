@@ -7,39 +7,22 @@ here, which claims the items and runs the pipeline.
 
 from __future__ import annotations
 
-import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from shared.config import Settings, get_settings
 from shared.errors import ConfigError, NexusError
 from shared.http.auth import bearer_token, matches_any_secret
-from shared.http.problems import HttpRequest, HttpResponse, ProblemError
+from shared.http.messages import HttpRequest, HttpResponse
+from shared.http.problems import ProblemError
 from shared.logs import get_logger
-from shared.process.pipeline import (
-    ProcessingReport,
-    Processor,
-    new_worker_id,
-    processor_from_settings,
-)
+from shared.process.pipeline import Processor, processor_from_settings
+from shared.process.report import ProcessingReport, new_worker_id
+from shared.runtime.context import invocation_id, remaining_time
 from shared.runtime.events import EventError, item_to_process, parse_json
 
-DEFAULT_BUDGET_S = 240.0  # when the runtime does not tell us how long we have
-
-
-def remaining_time(context: Any, budget_s: float = DEFAULT_BUDGET_S) -> Callable[[], float]:
-    """Seconds left in this invocation: Lambda's context knows; elsewhere a fixed budget."""
-    getter = getattr(context, "get_remaining_time_in_millis", None)
-    if callable(getter):
-        return lambda: float(getter()) / 1000.0
-    deadline = time.monotonic() + budget_s
-    return lambda: deadline - time.monotonic()
-
-
-def invocation_id(context: Any) -> str | None:
-    return getattr(context, "aws_request_id", None)
+__all__ = ["ProcessService", "item_result"]
 
 
 @dataclass
@@ -155,8 +138,15 @@ def _item_response(item_id: uuid.UUID, report: ProcessingReport) -> HttpResponse
         return ProblemError(
             502, f"Processing knowledge item {item_id} failed; it is recorded and the sweep will retry it."
         ).to_response()
-    status = _item_status(item_id, report)
-    return HttpResponse.json(200, {"knowledge_item_id": str(item_id), "status": status, **report.as_dict()})
+    return HttpResponse.json(200, item_result(item_id, report))
+
+
+def item_result(item_id: uuid.UUID, report: ProcessingReport) -> dict[str, Any]:
+    """What became of one item asked for by id, with the run's counts: `{"knowledge_item_id",
+    "status", "claimed", "done", ...}`. The status is "failed" (this attempt failed; it is
+    recorded and retried until NEXUS_MAX_ATTEMPTS), or as `_item_status` says."""
+    status = "failed" if item_id in report.failed_ids else _item_status(item_id, report)
+    return {"knowledge_item_id": str(item_id), "status": status, **report.as_dict()}
 
 
 def _item_status(item_id: uuid.UUID, report: ProcessingReport) -> str:

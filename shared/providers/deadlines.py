@@ -56,19 +56,29 @@ def time_left_s() -> float:
 def attempts_allowed(default: int) -> int:
     """A provider call's attempts: `default`, or fewer when the scope caps them."""
     scope = _scope.get()
-    if scope is None or scope.max_attempts is None:
+    return attempts_within(default, None if scope is None else scope.max_attempts)
+
+
+def attempts_within(default: int, cap: int | None) -> int:
+    """`default` attempts, lowered to `cap` when there is one; never fewer than one."""
+    if cap is None:
         return default
-    return max(1, min(default, scope.max_attempts))
+    return max(1, min(default, cap))
 
 
 def request_timeout_s(configured_s: float) -> float | None:
     """The timeout for a request starting now: the configured one, shortened to end by the
     deadline; None when the deadline has (nearly) passed. A request that times out on a shortened
     timeout ran out of the invocation's time, which says nothing about the provider."""
-    left = time_left_s()
-    if left < MIN_START_S:
+    return timeout_within(configured_s, time_left_s())
+
+
+def timeout_within(configured_s: float, left_s: float) -> float | None:
+    """A request's timeout with `left_s` seconds to the deadline: the configured one, cut to end
+    by the deadline; None when less than MIN_START_S is left (no request starts)."""
+    if left_s < MIN_START_S:
         return None
-    return min(configured_s, left)
+    return min(configured_s, left_s)
 
 
 def submit(pool: Executor, fn: Callable[..., T], *args: Any) -> Future[T]:

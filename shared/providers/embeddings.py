@@ -7,9 +7,8 @@ of requests concurrently, and sends each through `shared.providers.openai_http` 
 invocation's deadline). `insufficient_quota` and other 4xx stop at once: retrying cannot help
 and would only cost money.
 
-It speaks HTTP with httpx rather than through the openai SDK: the SDK adds ~0.5 s to a cold
-start and decodes every vector into Python floats; here base64 float32 goes straight to
-`array('f')`.
+It speaks HTTP with httpx rather than through the openai SDK: the SDK lengthens a cold start
+and decodes every vector into Python floats; here base64 float32 goes straight to `array('f')`.
 """
 
 from __future__ import annotations
@@ -23,7 +22,6 @@ import zlib
 from array import array
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from itertools import pairwise
 from math import log, sqrt
 from typing import Any, Protocol
@@ -32,9 +30,11 @@ from shared.errors import ConfigError, NexusError
 from shared.providers.deadlines import submit
 from shared.providers.openai_http import (
     DEFAULT_BASE_URL,
+    QUOTA_MESSAGE,
     Call,
     RetryPolicy,
     error_of,
+    failure_kind,
     post_with_retries,
     provider_key,
     retry_after_s,
@@ -69,8 +69,19 @@ class EmbeddingError(NexusError):
 
 
 class Embedder(Protocol):
+    """Turns texts into vectors. Besides `embed`, what the pipeline reads to plan its requests:
+    how many requests it runs at once (1 for one that computes in this process), how many inputs
+    and tokens one request may carry, and the API whose back-off it shares with the fleet (None
+    for an offline one: it has none)."""
+
     model: str
     dimensions: int
+    concurrency: int
+    max_request_inputs: int
+    max_request_tokens: int
+
+    @property
+    def provider_key(self) -> str | None: ...
 
     def embed(
         self,
@@ -81,14 +92,6 @@ class Embedder(Protocol):
         """One vector per text, in order. `token_counts` (exact cl100k) saves recounting;
         `token_ids` (each text's cl100k ids) may be sent instead of the texts."""
         ...
-
-
-@dataclass
-class EmbeddingStats:
-    requests: int = 0
-    inputs: int = 0
-    tokens: int = 0
-    retries: int = 0
 
 
 def pack_requests(
@@ -143,13 +146,12 @@ class OpenAIEmbedder:
         self.model = model
         self.dimensions = dimensions
         self.concurrency = max(1, concurrency)
+        self.max_request_inputs = MAX_INPUTS_PER_REQUEST
         self.max_request_tokens = max(MAX_TOKENS_PER_INPUT, min(max_request_tokens, MAX_TOKENS_PER_REQUEST))
         self.retry = retry or RetryPolicy()
         self.sends_token_ids = model in CL100K_MODELS
-        self.stats = EmbeddingStats()
         self._api_key = api_key  # only to mask it out of upstream error messages
         self._timeout_s = timeout_s
-        self._stats_lock = threading.Lock()
         self.provider_key = provider_key(base_url)
         self._client = httpx.Client(
             base_url=(base_url or DEFAULT_BASE_URL).rstrip("/") + "/",
@@ -170,17 +172,14 @@ class OpenAIEmbedder:
         if not texts:
             return []
         counts = list(token_counts) if token_counts is not None else [count_tokens(t) for t in texts]
-        groups = pack_requests(counts, max_tokens=self.max_request_tokens)
+        groups = pack_requests(counts, self.max_request_inputs, self.max_request_tokens)
         results: list[array[float]] = [array("f")] * len(texts)
 
         def run(group: range) -> None:
-            tokens = sum(counts[i] for i in group)
             if token_ids is None or not self.sends_token_ids:
-                vectors = self._request(
-                    json.dumps([texts[i] for i in group], ensure_ascii=False), len(group), tokens
-                )
+                vectors = self._request(json.dumps([texts[i] for i in group], ensure_ascii=False), len(group))
             else:
-                vectors = self._request_ids([texts[i] for i in group], [token_ids[i] for i in group], tokens)
+                vectors = self._request_ids([texts[i] for i in group], [token_ids[i] for i in group])
             for i, vector in zip(group, vectors, strict=True):
                 results[i] = vector
 
@@ -192,16 +191,16 @@ class OpenAIEmbedder:
                     future.result()
         return results
 
-    def _request_ids(self, texts: list[str], ids: list[Sequence[int]], tokens: int) -> list[array[float]]:
+    def _request_ids(self, texts: list[str], ids: list[Sequence[int]]) -> list[array[float]]:
         """Embed by token ids; if the request is refused as invalid (400 or 422) and the same
         texts are then accepted, by text (and by text from then on)."""
         try:
-            return self._request(_ids_json(ids), len(ids), tokens)
+            return self._request(_ids_json(ids), len(ids))
         except EmbeddingError as refused:
             if refused.status not in (400, 422):
                 raise
             try:
-                vectors = self._request(json.dumps(texts, ensure_ascii=False), len(texts), tokens)
+                vectors = self._request(json.dumps(texts, ensure_ascii=False), len(texts))
             except EmbeddingError:
                 raise refused from None  # the input itself is refused, not its form
         from shared.logs import get_logger
@@ -213,7 +212,7 @@ class OpenAIEmbedder:
         )
         return vectors
 
-    def _request(self, inputs_json: str, inputs: int, tokens: int) -> list[array[float]]:
+    def _request(self, inputs_json: str, inputs: int) -> list[array[float]]:
         """One request for `inputs` inputs, given as `inputs_json` (a JSON array of texts or of
         token id arrays); retried as the policy says."""
         fields: dict[str, Any] = {"model": self.model, "encoding_format": "base64"}
@@ -230,23 +229,19 @@ class OpenAIEmbedder:
             self._classify,
         )
         vectors: list[array[float]]
-        vectors, attempts = post_with_retries(self._client, call, body, self._timeout_s, self.retry)
-        self._count(inputs, tokens, attempts - 1)
+        vectors, _ = post_with_retries(self._client, call, body, self._timeout_s, self.retry)
         return vectors
 
     def _classify(self, response: Any) -> tuple[str, float | None]:
         """Raise for answers that retrying cannot fix; else describe the transient problem."""
         code, message = error_of(response.content, self._api_key)
         status = response.status_code
-        if code == "insufficient_quota":
-            raise EmbeddingError(
-                "The OpenAI account has no quota left (insufficient_quota); claiming is paused until it has.",
-                retryable=False,
-                code="insufficient_quota",
-            )
-        if status == 429 or status >= 500 or status == 408:
+        kind = failure_kind(status, code)
+        if kind == "quota":
+            raise EmbeddingError(QUOTA_MESSAGE, retryable=False, code="insufficient_quota")
+        if kind == "transient":
             return f"HTTP {status} {code}".strip(), retry_after_s(response.headers)
-        raise EmbeddingError(
+        raise EmbeddingError(  # refused, or an unexpected status: a request retrying cannot fix
             f"The embeddings endpoint rejected the request (HTTP {status} {code}): {message}".rstrip(": "),
             retryable=False,
             code=code or str(status),
@@ -269,13 +264,6 @@ class OpenAIEmbedder:
             )
         return vectors
 
-    def _count(self, inputs: int, tokens: int, retries: int) -> None:
-        with self._stats_lock:
-            self.stats.requests += 1
-            self.stats.inputs += inputs
-            self.stats.tokens += tokens
-            self.stats.retries += retries
-
 
 def _ids_json(ids: Sequence[Sequence[int]]) -> str:
     """Token id arrays as a JSON array, written straight from each array's text form (a list of
@@ -290,10 +278,9 @@ def _read_responses_in_large_pieces() -> None:
     """Have httpcore read up to RESPONSE_READ_BYTES per socket read instead of 64 KiB.
 
     Each read gives up the GIL, and getting it back waits for the interpreter's switch interval
-    (5 ms) while another thread runs Python (chunking or summarising the rest of a claim). A 6 MB
-    answer of ~700 vectors read 64 KiB at a time then waited ~0.5 s in all; measured on the
-    benchmark's claims, the last request's round trip fell from 0.66–0.97 s to 0.28–0.42 s.
-    A read still returns whatever has arrived, so nothing waits for a full piece.
+    while another thread runs Python (chunking or summarising the rest of a claim), so a large
+    answer read in small pieces waits that long once per piece. A read still returns whatever
+    has arrived, so nothing waits for a full piece.
     """
     try:
         from httpcore._sync import http11
@@ -322,10 +309,14 @@ class LocalEmbedder:
     log-scaled and L2-normalised. Its similarity is lexical (shared words and spellings), not
     semantic: good for development, demos and tests, not a substitute for a real model."""
 
+    concurrency = 1  # it computes in this process: threads would not speed it up
+    max_request_inputs = MAX_INPUTS_PER_REQUEST
+    max_request_tokens = MAX_TOKENS_PER_REQUEST
+    provider_key = None  # offline: nothing to back off from
+
     def __init__(self, dimensions: int = 1536) -> None:
         self.model = LOCAL_MODEL
         self.dimensions = dimensions
-        self.stats = EmbeddingStats()
 
     def embed(
         self,
@@ -333,10 +324,7 @@ class LocalEmbedder:
         token_counts: Sequence[int] | None = None,
         token_ids: Sequence[Sequence[int]] | None = None,
     ) -> list[array[float]]:
-        vectors = [self._vector(text) for text in texts]
-        self.stats.requests += 1 if texts else 0
-        self.stats.inputs += len(texts)
-        return vectors
+        return [self._vector(text) for text in texts]
 
     def _vector(self, text: str) -> array[float]:
         weights: dict[str, float] = {}
@@ -388,12 +376,3 @@ def embedder_from_settings(settings: Any) -> Embedder:
                     concurrency=settings.embedding_concurrency,
                 )
         return _embedders[key]
-
-
-def embed_text(text: str, embedder: Embedder | None = None) -> list[float]:
-    """The embedding of one text as a list of floats (kept from the seed)."""
-    if embedder is None:
-        from shared.config import get_settings
-
-        embedder = embedder_from_settings(get_settings())
-    return embedder.embed([text])[0].tolist()

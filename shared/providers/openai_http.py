@@ -17,11 +17,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, Literal
 
 from shared.providers.deadlines import MIN_REQUEST_S, attempts_allowed, request_timeout_s, time_left_s
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
+QUOTA_MESSAGE = "The OpenAI account has no quota left (insufficient_quota); claiming is paused until it has."
+
+FailureKind = Literal["quota", "transient", "refused", "unexpected"]
 
 
 def provider_key(base_url: str | None) -> str:
@@ -61,17 +64,40 @@ def error_of(body: bytes, secret: str = "") -> tuple[str, str]:
         return "", ""
 
 
+def failure_kind(status: int, code: str) -> FailureKind:
+    """What a non-200 answer says: "quota" (`insufficient_quota`: the account has none left, and
+    retrying only costs calls), "transient" (408, 429, 5xx: retry, the provider's doing), "refused"
+    (any other 4xx: the request itself is at fault), or "unexpected" (any other status; each
+    provider decides)."""
+    if code == "insufficient_quota":
+        return "quota"
+    if status in (408, 429) or status >= 500:
+        return "transient"
+    if 400 <= status < 500:
+        return "refused"
+    return "unexpected"
+
+
 @dataclass
 class RetryPolicy:
+    """How often and how long to wait between attempts: exponential backoff with full jitter,
+    or what the provider's `Retry-After` asked for (capped)."""
+
     max_attempts: int = 6
     base_s: float = 0.5
     cap_s: float = 20.0
     sleep: Callable[[float], None] = time.sleep
 
+    def ceiling_s(self, attempt: int) -> float:
+        """The longest backoff after attempt `attempt` (0-based) failed: doubling, capped."""
+        return min(self.cap_s, self.base_s * 2**attempt)
+
     def delay_s(self, attempt: int, retry_after_s: float | None) -> float:
+        """The wait after attempt `attempt` failed: `retry_after_s` when the provider asked (at
+        most three times the cap), else a random time up to `ceiling_s` (full jitter)."""
         if retry_after_s is not None:
             return min(retry_after_s, self.cap_s * 3)
-        return random.uniform(0, min(self.cap_s, self.base_s * 2**attempt))  # noqa: S311 - jitter
+        return random.uniform(0, self.ceiling_s(attempt))  # noqa: S311 - jitter
 
     def next_delay_s(self, attempt: int, retry_after_s: float | None) -> float | None:
         """The wait before attempt `attempt + 1` (0-based `attempt` just failed), or None when

@@ -10,7 +10,6 @@ The local summariser is extractive and offline: it picks the most representative
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import threading
@@ -18,19 +17,22 @@ from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from itertools import chain
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeGuard
 
 from shared.errors import ConfigError, NexusError
 from shared.providers.deadlines import submit
 from shared.providers.openai_http import (
     DEFAULT_BASE_URL,
+    QUOTA_MESSAGE,
     Call,
     RetryPolicy,
     error_of,
+    failure_kind,
     post_with_retries,
     provider_key,
     retry_after_s,
 )
+from shared.text.hashing import sha256_of_parts
 from shared.text.tokenizer import count_tokens
 
 MAP_INPUT_TOKENS = 12_000  # bounded input per call, well inside gpt-4o-mini's context
@@ -60,17 +62,21 @@ class SummaryMemo(Protocol):
 
 
 def summary_key(model: str, instruction: str, text: str) -> str:
-    """What a chat summary is bound to: the model, the instruction and the input text."""
-    digest = hashlib.sha256()
-    for part in (model, instruction, text):
-        digest.update(part.encode("utf-8"))
-        digest.update(b"\x00")
-    return digest.hexdigest()
+    """What a chat summary is bound to: the model, the instruction and the input text (the keys
+    the store already holds: changing how they are made would pay for every summary again)."""
+    return sha256_of_parts(model, instruction, text)
 
 
 class Summarizer(Protocol):
+    """Summarises items and folds item summaries into a client's running summary."""
+
     model: str
     fold_batch: int  # item summaries folded into the client summary per call
+
+    @property
+    def provider_key(self) -> str | None:
+        """The API whose back-off it shares with the fleet (None offline: it has none)."""
+        ...
 
     def summarize_item(self, chunks: Sequence[str], source: str = "") -> str:
         """A short summary of one item given its chunks in order."""
@@ -79,6 +85,29 @@ class Summarizer(Protocol):
     def fold_client(self, previous: str, item_summaries: Sequence[str]) -> str:
         """The client's new summary from its previous one and the summaries of new items."""
         ...
+
+
+class MemoizingSummarizer(Summarizer, Protocol):
+    """A summariser whose calls cost money, so a memo may answer them: it names the keys of an
+    item's first round of calls (for the pipeline to fetch from the store at once), and answers
+    what the memo knows without calling."""
+
+    def first_keys(
+        self, chunks: Sequence[str], source: str = "", token_counts: Sequence[int] | None = None
+    ) -> list[str]: ...
+
+    def summarize_item(
+        self,
+        chunks: Sequence[str],
+        source: str = "",
+        memo: SummaryMemo | None = None,
+        token_counts: Sequence[int] | None = None,
+    ) -> str: ...
+
+
+def memoizes(summarizer: Summarizer) -> TypeGuard[MemoizingSummarizer]:
+    """Whether the summariser's calls can be memoised (it names its calls' keys)."""
+    return hasattr(summarizer, "first_keys")
 
 
 # Within a paragraph's prose (whitespace already collapsed to single spaces) a sentence ends at
@@ -114,7 +143,7 @@ def _clean_sentences(text: str) -> list[tuple[str, list[str]]]:
     # alone) cannot make a new paragraph break.
     text = _PARAGRAPH_MARK.join(p for p in paragraphs if p.strip())
     text = _LINE_MARKUP.sub("", _DROPPED_LINE.sub("", text))
-    text = text.replace("*", "").replace("_", "").replace("`", "")  # str.translate: 10x slower
+    text = text.replace("*", "").replace("_", "").replace("`", "")  # faster than str.translate
     prose = "\n".join(" ".join(p.split()) for p in text.split(_PARAGRAPH_MARK))
     # (end of a sentence, start of the next): the mark is kept, what follows it dropped
     cuts = [(m.start() + (m.group() != "\n"), m.end()) for m in _SENTENCE_END.finditer(prose)]
@@ -165,6 +194,7 @@ class LocalSummarizer:
 
     model = "local-extractive-v1"
     fold_batch = 1000  # no prompt to fit: a large backlog folds in one pass
+    provider_key = None  # offline: nothing to back off from
 
     def summarize_item(self, chunks: Sequence[str], source: str = "") -> str:
         return extract_summary("".join(chunks))
@@ -297,18 +327,16 @@ class OpenAISummarizer:
         """Raise for answers that retrying cannot fix; else describe the transient problem."""
         code, message = error_of(response.content, self._api_key)
         status = response.status_code
-        if code == "insufficient_quota":
-            raise SummaryError(
-                "The OpenAI account has no quota left (insufficient_quota); claiming is paused until it has.",
-                retryable=False,
-                code="insufficient_quota",
-            )
-        if 400 <= status < 500 and status not in (408, 429):
+        kind = failure_kind(status, code)
+        if kind == "quota":
+            raise SummaryError(QUOTA_MESSAGE, retryable=False, code="insufficient_quota")
+        if kind == "refused":
             raise SummaryError(
                 f"The chat endpoint rejected the request (HTTP {status} {code}): {message}",
                 retryable=False,
                 code=code or str(status),
             )
+        # transient, or an unexpected status: retried, and the provider's doing if it persists
         return f"HTTP {status} {code}".strip(), retry_after_s(response.headers)
 
 
@@ -364,14 +392,3 @@ def summarizer_from_settings(settings: Any) -> Summarizer:
                     settings.openai_api_key, settings.summary_model, settings.openai_base_url
                 )
         return _summarizers[key]
-
-
-def generate_summary(client_id: str, text: str, summarizer: Summarizer | None = None) -> str:
-    """A summary of `text` (kept from the seed; `client_id` is accepted for compatibility)."""
-    if summarizer is None:
-        from shared.config import get_settings
-
-        summarizer = summarizer_from_settings(get_settings())
-    from shared.text.chunking import chunk_text
-
-    return summarizer.summarize_item(chunk_text(text))

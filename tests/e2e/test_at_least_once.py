@@ -27,7 +27,7 @@ import pytest
 from cloudevents.http import CloudEvent
 
 from shared.config import load_settings, reset_settings
-from shared.process.pipeline import ProcessingReport, Processor
+from shared.process import ProcessingReport, Processor
 from shared.process.service import ProcessService
 from shared.providers.embeddings import LocalEmbedder, OpenAIEmbedder, RetryPolicy
 from shared.providers.summaries import LocalSummarizer, OpenAISummarizer

@@ -220,11 +220,11 @@ def test_claims_lease_for_the_remaining_time_plus_a_margin(
     process: Any, admin: Any, client_id: uuid.UUID
 ) -> None:
     from shared.config import get_settings
-    from shared.process.pipeline import LEASE_MARGIN_S
-    from shared.store.postgres import default_store
+    from shared.process.budgets import LEASE_MARGIN_S
+    from shared.store import store_from_settings
 
     item_id = new_item(admin, client_id)
-    store = default_store(get_settings())
+    store = store_from_settings(get_settings())
     try:
         (claimed,) = store.claim_items("worker-a", 12.0 + LEASE_MARGIN_S, 10, 5, item_ids=[item_id])
         row = admin.execute(
@@ -295,7 +295,7 @@ def test_one_sweep_folds_every_item_into_the_client_summary(
 def test_webhook_with_no_time_left_to_summarise_releases_the_item(
     process: Any, admin: Any, client_id: uuid.UUID
 ) -> None:
-    from shared.process.pipeline import FINISH_RESERVE_S
+    from shared.process.budgets import FINISH_RESERVE_S
 
     item_id = new_item(admin, client_id)
 

@@ -17,14 +17,14 @@ from typing import Any
 import psycopg
 import pytest
 
-from shared.process.pipeline import (
+from shared.process.budgets import (
     CLAIM_TIME_SHARE,
     FINISH_RESERVE_S,
     MAX_CLAIM_ITEMS,
     REMOTE_SUMMARY_S,
     SWEEP_RESERVE_S,
-    Processor,
 )
+from shared.process.pipeline import Processor
 from shared.providers.embeddings import LocalEmbedder
 from shared.providers.summaries import LocalSummarizer, OpenAISummarizer
 from shared.store.postgres import PostgresStore
@@ -133,7 +133,7 @@ def test_summary_concurrency_is_a_setting(
 ) -> None:
     from shared.config import load_settings
     from shared.errors import ConfigError
-    from shared.process.pipeline import processor_from_settings
+    from shared.process import processor_from_settings
 
     environ = {
         "DATABASE_URL": db_url,
