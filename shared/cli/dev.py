@@ -1,6 +1,6 @@
 """`nexus dev` (the local emulator) and `nexus replay FILE` (a recorded event to the local handler).
 
-The work is in `shared.local.dev` and `shared.local.replay`; this module only declares the arguments.
+The work is in `shared.local` (`stack` and `replay`); this module only declares the arguments.
 """
 
 from __future__ import annotations
@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from shared.config import Settings
+from shared.local.options import DEFAULT_PORT, DEFAULT_REFRESH_INTERVAL_S, DEFAULT_SWEEP_INTERVAL_S
+from shared.runtime.functions import FUNCTIONS
 
-DEFAULT_PORT = 8080  # shared.local.dev.DEFAULT_PORT; repeated so `nexus --help` imports nothing heavy
+LAST_OFFSET = len(FUNCTIONS) - 1  # `nexus dev --port N` serves on N .. N + LAST_OFFSET
 
 
 def _uuid(value: str) -> uuid.UUID:
@@ -33,13 +35,13 @@ def _seconds(value: str) -> float:
 
 
 def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
-    from shared.local.dev import DevOptions, run_dev
+    from shared.local import DevOptions, run_dev
 
     return run_dev(settings, DevOptions(args.port, args.sweep_interval, args.refresh_interval))
 
 
 def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
-    from shared.local.replay import ReplayOptions, run_replay
+    from shared.local import ReplayOptions, run_replay
 
     options = ReplayOptions(
         path=Path(args.file),
@@ -56,21 +58,26 @@ def add_dev_commands(commands: Any) -> None:
     """Register `nexus dev` and `nexus replay` on the CLI's subparsers."""
     dev = commands.add_parser(
         "dev",
-        help="run the whole stack locally: functions on N..N+2, webhook bridge, schedules",
+        help=f"run the whole stack locally: functions on N..N+{LAST_OFFSET}, webhook bridge, schedules",
         description="Serve ingest (port N), the process webhook (N+1) and gcal_refresh (N+2) through "
         "functions-framework on 127.0.0.1, with a LISTEN/NOTIFY database-webhook bridge and the "
         "sweep and token-refresh schedules. Ctrl-C stops everything.",
     )
     dev.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"first port (default {DEFAULT_PORT})")
     dev.add_argument(
-        "--sweep-interval", type=_seconds, default=60.0, metavar="S", help="seconds between sweeps (60)"
+        "--sweep-interval",
+        type=_seconds,
+        default=DEFAULT_SWEEP_INTERVAL_S,
+        metavar="S",
+        help=f"seconds between sweeps ({DEFAULT_SWEEP_INTERVAL_S:g})",
     )
     dev.add_argument(
         "--refresh-interval",
         type=_seconds,
-        default=600.0,
+        default=DEFAULT_REFRESH_INTERVAL_S,
         metavar="S",
-        help="seconds between Google token refreshes, when Google is configured (600)",
+        help="seconds between Google token refreshes, when Google is configured "
+        f"({DEFAULT_REFRESH_INTERVAL_S:g})",
     )
     dev.set_defaults(run=cmd_dev)
 
@@ -92,7 +99,7 @@ def add_dev_commands(commands: Any) -> None:
     )
     replay.add_argument(
         "--function",
-        choices=["ingest", "process", "gcal_refresh"],
+        choices=[function.name for function in FUNCTIONS],
         help="override the handler chosen by shape",
     )
     replay.add_argument(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from shared.config import Settings
+from shared.store.backends import store_from_settings, uses_supabase_api
 
 __all__ = ["database_url", "open_store", "uses_supabase_api"]
 
@@ -18,19 +19,13 @@ def database_url(settings: Settings) -> str:
     return start_embedded_postgres(settings.home_path / "pgdata")
 
 
-def uses_supabase_api(settings: Settings) -> bool:
-    """True when the store is Supabase's PostgREST API (no DATABASE_URL, Supabase keys set)."""
-    return not settings.database_url and bool(settings.supabase_url and settings.supabase_service_role_key)
-
-
 def open_store(settings: Settings) -> Any:
     """The store for local commands, migrating the embedded database on the way."""
     from shared.store.migrations import migrate
-    from shared.store.postgres import default_store
 
     if uses_supabase_api(settings):
-        return default_store(settings)
+        return store_from_settings(settings)
     url = database_url(settings)
     if not settings.database_url:
         migrate(url)
-    return default_store(settings.model_copy(update={"database_url": url}))
+    return store_from_settings(settings.model_copy(update={"database_url": url}))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import textwrap
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,13 @@ def demo_client_id(name: str) -> uuid.UUID:
     return uuid.uuid5(DEMO_NAMESPACE, name)
 
 
-def run_demo(store: Any, settings: Any, examples_dir: Path) -> int:
-    from shared.cli.main import ingest_paths, process_all
+def run_demo(
+    store: Any, settings: Any, examples_dir: Path, process: Callable[[Any, Any], Any] | None = None
+) -> int:
+    """Run the demo; `process(settings, store)` processes everything claimable (default
+    `shared.process.process_all`; the CLI passes its own, which draws a progress bar)."""
+    from shared.ingest.files import ingest_files
+    from shared.process import process_all
     from shared.search.service import search
 
     folders = sorted(
@@ -40,12 +46,12 @@ def run_demo(store: Any, settings: Any, examples_dir: Path) -> int:
     for folder in folders:
         client_id = demo_client_id(folder.name)
         store.ensure_client(client_id, folder.name)
-        results = ingest_paths(store, [folder], client_id, base=examples_dir.parent)
+        results = ingest_files(store, [folder], client_id, base=examples_dir.parent)
         new = sum(1 for _, r in results if not r.duplicate)
         print(f"   {folder.name:<16} {len(results)} documents ({new} new or changed)  client {client_id}")
 
     print("2. process (local embedder and summariser: offline, lexical, not semantic)")
-    report = process_all(local, store)
+    report = (process or process_all)(local, store)
     r = report.as_dict()
     print(
         f"   {r['done']} items done, {r['failed']} failed; {r['chunks']} chunks, "

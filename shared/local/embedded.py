@@ -46,11 +46,11 @@ def start_embedded_postgres(data_dir: Path, *, stop_at_exit: bool = True) -> str
 
 
 # Settings the embedded server starts with, beyond PostgreSQL's defaults, for the write path
-# (bench/process.md measures both). Chunk rows are 7.6 KB (a 1536-d vector and its text): with the
-# default 4 MB of WAL buffers a batch fills them every ~500 rows and the writing backend stops to
-# write WAL itself, and with the WAL writer waking every 200 ms nearly all of a batch's WAL is
-# written and flushed at its commit. With 64 MB, and the WAL writer writing every 10 ms while
-# there is work (it sleeps when there is none), the WAL goes out while the rows are still coming.
+# (bench/process.md measures both). Chunk rows are big (a 1536-d vector and its text): with the
+# default WAL buffers a batch fills them soon and the writing backend stops to write WAL itself,
+# and with the WAL writer's default delay nearly all of a batch's WAL is written and flushed at
+# its commit. With buffers that hold a batch, and the WAL writer writing often while there is
+# work (it sleeps when there is none), the WAL goes out while the rows are still coming.
 SETTINGS = {"wal_buffers": "64MB", "wal_writer_delay": "10ms"}
 _SETTINGS_MARK = "# nexus-workers settings"
 

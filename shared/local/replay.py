@@ -47,14 +47,21 @@ from typing import Any
 
 from shared.config import Settings
 from shared.errors import NexusError
-from shared.local.dev import FUNCTIONS, ROOT, DevCredentials, LocalContext, LocalEnvironment
-from shared.runtime.events import lambda_event_kind
+from shared.local.environment import (
+    DevCredentials,
+    LocalContext,
+    LocalEnvironment,
+    dev_credentials,
+    local_environment,
+)
+from shared.local.servers import HOST, port_of, post_local, source_path
+from shared.runtime.events import EventError, is_process_message, lambda_event_kind, parse_json
+from shared.runtime.functions import function_named
 
 ITEM_PLACEHOLDER = "REPLACE_WITH_ITEM_ID"
 CLIENT_PLACEHOLDER = "REPLACE_WITH_CLIENT_ID"
 API_KEY_PLACEHOLDER = "REPLACE_WITH_API_KEY"
 WEBHOOK_SECRET_PLACEHOLDER = "REPLACE_WITH_WEBHOOK_SECRET"
-FUNCTION_NAMES = tuple(spec.function for spec in FUNCTIONS)
 HTTP_TIMEOUT_S = 300.0
 
 
@@ -67,7 +74,7 @@ class Replay:
     """A recorded event, the shape it has and the function that receives it."""
 
     kind: str  # function_url | webhook | sqs | schedule | pubsub
-    function: str  # ingest | process | gcal_refresh
+    function: str  # a name in shared.runtime.functions.FUNCTIONS
     event: Any
 
 
@@ -83,13 +90,6 @@ def read_event(path: Path) -> Any:
         raise ReplayError(f"{path} is not a JSON file.") from None
 
 
-def _is_webhook_body(value: Any) -> bool:
-    if not isinstance(value, dict):
-        return False
-    is_item_message = set(value) == {"knowledge_item_id"}
-    return is_item_message or (value.get("type") in {"INSERT", "UPDATE", "DELETE"} and "table" in value)
-
-
 def _request_body(event: dict[str, Any]) -> str:
     body = event.get("body") or ""
     if event.get("isBase64Encoded"):
@@ -100,14 +100,17 @@ def _request_body(event: dict[str, Any]) -> str:
     return str(body)
 
 
-def _carries_webhook(event: dict[str, Any]) -> bool:
+def _carries_process_message(event: dict[str, Any]) -> bool:
+    """Whether a function-URL request's body is for the process function (else it is ingest's)."""
     try:
-        return _is_webhook_body(json.loads(_request_body(event)))
-    except ValueError:
+        return is_process_message(parse_json(_request_body(event)))
+    except EventError:
         return False
 
 
 def _is_pubsub(event: Any) -> bool:
+    """A Pub/Sub CloudEvent (as functions-framework hands it) or a Pub/Sub push envelope: not
+    Lambda events, so `lambda_event_kind` does not know them."""
     data = event.get("data") if isinstance(event, dict) else None
     is_cloud_event = "specversion" in event and isinstance(data, dict) and "message" in data
     is_push_envelope = isinstance(event.get("message"), dict) and "subscription" in event
@@ -115,10 +118,14 @@ def _is_pubsub(event: Any) -> bool:
 
 
 def classify(event: Any, function: str | None = None) -> Replay:
-    """Tell the event's shape and its function (`function` overrides); raises ReplayError."""
+    """Tell the event's shape and its function (`function` overrides); raises ReplayError.
+
+    Lambda events are told apart by `lambda_event_kind`, as the handlers do; what is left is
+    recorded here only: a Pub/Sub message, or a bare webhook body (`is_process_message`).
+    """
     kind = lambda_event_kind(event)
     if kind == "http":
-        chosen = "process" if _carries_webhook(event) else "ingest"
+        chosen = "process" if _carries_process_message(event) else "ingest"
         return Replay("function_url", function or chosen, event)
     if kind == "sqs":
         return Replay("sqs", function or "process", event)
@@ -127,7 +134,7 @@ def classify(event: Any, function: str | None = None) -> Replay:
         return Replay("schedule", function or ("gcal_refresh" if "gcal" in rules else "process"), event)
     if isinstance(event, dict) and _is_pubsub(event):
         return Replay("pubsub", function or "process", event)
-    if _is_webhook_body(event):
+    if is_process_message(event):
         return Replay("webhook", function or "process", event)
     raise ReplayError(
         "Unrecognised event: expected a function-URL request, a Supabase webhook body, an SQS batch, "
@@ -231,7 +238,10 @@ def with_local_credentials(replay: Replay, credentials: DevCredentials, keep_aut
 
 def load_function_module(function: str) -> ModuleType:
     """Import functions/<function>/main.py afresh, by path, as Lambda and functions-framework do."""
-    path = ROOT / "functions" / function / "main.py"
+    try:
+        path = source_path(function_named(function))
+    except KeyError as exc:
+        raise ReplayError(str(exc.args[0])) from None
     if not path.is_file():
         raise ReplayError(f"{path} is missing; run nexus replay from a checkout of the repository.")
     name = f"nexus_replay_{function}_{uuid.uuid4().hex}"
@@ -312,11 +322,8 @@ def invoke_in_process(replay: Replay, env: LocalEnvironment) -> Any:
 
 def invoke_over_http(replay: Replay, base_port: int) -> dict[str, Any]:
     """Send the request to a running `nexus dev`; answer like a function URL does."""
-    from shared.local.dev import HOST, post_local
-
-    offset = FUNCTION_NAMES.index(replay.function)
     if replay.kind == "schedule" and replay.function == "gcal_refresh":
-        method, path, headers, body = "POST", "/", {}, b""
+        method, path, headers, body = "POST", function_named(replay.function).http_path, {}, b""
     elif replay.kind == "function_url":
         event = replay.event
         http = event["requestContext"]["http"]
@@ -330,7 +337,7 @@ def invoke_over_http(replay: Replay, base_port: int) -> dict[str, Any]:
             f"nexus dev serves no HTTP endpoint for {replay.kind.replace('_', ' ')} events; "
             "replay this one in-process (without --port)."
         )
-    url = f"http://{HOST}:{base_port + offset}{path}"
+    url = f"http://{HOST}:{port_of(replay.function, base_port)}{path}"
     try:
         status, answer = post_local(url, body, headers, HTTP_TIMEOUT_S, method=method)
     except OSError as exc:
@@ -382,8 +389,6 @@ def prepare(recorded: Any, options: ReplayOptions, credentials: DevCredentials) 
 
 def run_replay(settings: Settings, options: ReplayOptions) -> int:
     """Replay one recorded event; print the result as JSON; 0 when it reports success."""
-    from shared.local.dev import dev_credentials, local_environment
-
     recorded = read_event(options.path)
     if options.port is not None:
         replay = prepare(recorded, options, dev_credentials(settings))

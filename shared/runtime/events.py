@@ -16,6 +16,7 @@ import uuid
 from typing import Any
 
 ITEMS_TABLE = "knowledge_items"
+WEBHOOK_TYPES = frozenset({"INSERT", "UPDATE", "DELETE"})
 
 
 class EventError(ValueError):
@@ -41,6 +42,20 @@ def lambda_event_kind(event: Any) -> str | None:
     return None
 
 
+def is_process_message(body: Any) -> bool:
+    """True when `body` has the shape of a message for the process function: a Supabase webhook
+    body (a `type` of INSERT, UPDATE or DELETE, and a `table`) or `{"knowledge_item_id"}` alone.
+    The shape only; `item_to_process` checks the values."""
+    if not isinstance(body, dict):
+        return False
+    is_item_message = set(body) == {"knowledge_item_id"}
+    return is_item_message or (_is_webhook_type(body.get("type")) and "table" in body)
+
+
+def _is_webhook_type(kind: Any) -> bool:
+    return isinstance(kind, str) and kind in WEBHOOK_TYPES
+
+
 def _item_id(value: Any, field: str) -> uuid.UUID:
     try:
         return uuid.UUID(str(value))
@@ -56,7 +71,7 @@ def item_to_process(body: Any) -> uuid.UUID | None:
     if "knowledge_item_id" in body:
         return _item_id(body["knowledge_item_id"], "knowledge_item_id")
     kind = body.get("type")
-    if kind not in {"INSERT", "UPDATE", "DELETE"}:
+    if not _is_webhook_type(kind):
         raise EventError("type must be INSERT, UPDATE or DELETE (a Supabase database webhook body).")
     if body.get("table") != ITEMS_TABLE:
         raise EventError(f"This webhook handles the {ITEMS_TABLE} table, not {body.get('table')!r}.")

@@ -15,12 +15,14 @@ __all__ = ["FUNCTIONS", "Function", "function_named"]
 
 @dataclass(frozen=True)
 class Function:
-    """A function's name (its folder under `functions/`), its dependency extra and its targets."""
+    """A function's name (its folder under `functions/`), its dependency extra, its targets and
+    the path its HTTP target is called on."""
 
     name: str
     extra: str
     http_targets: tuple[str, ...]
     event_targets: tuple[str, ...] = ()
+    http_path: str = "/"  # where callers POST (its API route; a function URL answers at / too)
 
     @property
     def source(self) -> PurePosixPath:
@@ -33,8 +35,9 @@ class Function:
         return self.http_targets[0]
 
 
+# The order is `nexus dev`'s port order (function i on port N + i): add new functions at the end.
 FUNCTIONS: tuple[Function, ...] = (
-    Function("ingest", "ingest", ("ingest",)),
+    Function("ingest", "ingest", ("ingest",), http_path="/api/knowledge/ingest"),
     Function("process", "process", ("webhook", "sweep"), ("pubsub",)),
     Function("gcal_refresh", "gcal", ("refresh",)),
 )

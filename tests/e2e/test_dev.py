@@ -36,7 +36,8 @@ from psycopg.rows import dict_row
 
 from shared.cli.main import main
 from shared.config import Settings, reset_settings
-from shared.local.dev import DevError, RetryPolicy, WebhookBridge, dev_credentials, require_free_ports
+from shared.local import DeliveryRetries, DevError, WebhookBridge, dev_credentials, require_free_ports
+from shared.runtime.functions import FUNCTIONS
 from tests.conftest import ROOT
 from tests.support.process_helpers import isolated_database
 
@@ -48,7 +49,7 @@ STOP_TIMEOUT_S = 30.0
 # -- the whole stack, as a subprocess --------------------------------------------------------------
 
 
-def _free_port_block(count: int = 3) -> int:
+def _free_port_block(count: int = len(FUNCTIONS)) -> int:
     """A base port with `count` consecutive free ports after it."""
     for _ in range(50):
         with socket.socket() as probe:
@@ -210,7 +211,7 @@ def test_ingest_ends_in_chunks_through_the_bridge_and_sigterm_stops_everything(
     dsn = process.wait_for(r"^\s+database\s+(\S+)", 1)[1]
     process.wait_for(r"^sweep: nothing was pending$", START_TIMEOUT_S)  # the start-up sweep is over
     children = psutil.Process(process.proc.pid).children(recursive=True)
-    assert len(children) >= 3  # a functions-framework per function (plus gunicorn workers)
+    assert len(children) >= len(FUNCTIONS)  # a functions-framework per function (plus gunicorn workers)
 
     response = httpx.post(
         f"http://127.0.0.1:{port}/api/knowledge/ingest",
@@ -337,7 +338,9 @@ def test_bridge_delivers_supabase_bodies_exactly_with_retries(
     url, conn = bridge_db
     webhook = FlakyWebhook([None, 503])
     reports: list[str] = []
-    bridge = WebhookBridge(url, webhook, report=reports.append, retry=RetryPolicy(0.01, 0.05, 5.0), workers=1)
+    bridge = WebhookBridge(
+        url, webhook, report=reports.append, retry=DeliveryRetries(0.01, 0.05, 5.0), workers=1
+    )
     bridge.install()
     bridge.install()  # idempotent
     client = uuid.uuid4()
@@ -375,7 +378,7 @@ def test_bridge_delivers_supabase_bodies_exactly_with_retries(
 
 def test_bridge_gives_up_after_its_budget_and_does_not_retry_client_errors() -> None:
     bridge = WebhookBridge(
-        "postgresql:///unused", FlakyWebhook([503] * 100), retry=RetryPolicy(0.01, 0.02, 0.1)
+        "postgresql:///unused", FlakyWebhook([503] * 100), retry=DeliveryRetries(0.01, 0.02, 0.1)
     )
     reports: list[str] = []
     bridge.report = reports.append
