@@ -3,7 +3,7 @@
 
 python3 tasks.py demo     ingest (and process) the sample documents on an embedded Postgres
 python3 tasks.py test     run the whole test suite
-python3 tasks.py check    ruff lint + format check, mypy on shared/
+python3 tasks.py check    ruff lint + format check, mypy on shared/, import contracts
 python3 tasks.py bench    run the benchmarks under bench/ (installs the `bench` extra too)
 python3 tasks.py package  build the Lambda zips with the Serverless Framework (osls), offline
 """
@@ -68,7 +68,8 @@ def main(argv: list[str]) -> int:
         return _run(BIN / "python", "-m", "pytest", *rest)
     if command == "check":
         lint = _run(BIN / "ruff", "check", ".") or _run(BIN / "ruff", "format", "--check", ".")
-        return lint or _run(BIN / "python", "-m", "mypy", "--ignore-missing-imports", "shared")
+        types = lint or _run(BIN / "python", "-m", "mypy", "--ignore-missing-imports", "shared")
+        return types or _run(BIN / "lint-imports")
     if command == "package":
         env = {**os.environ, "SLS_TELEMETRY_DISABLED": "1", "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
         return _run("npm", "ci", "--no-audit", "--no-fund") or _run("npx", "osls", "package", *rest, env=env)

@@ -5,13 +5,15 @@ Cloud Functions builds a Python function from one folder holding `main.py` and
 `requirements.txt`. Ours import the top-level `shared` package, so each staged folder gets:
 
 - `main.py`, copied from functions/<function>/main.py (its functions-framework targets);
-- `shared/`, copied from the repo (Python files only);
+- `shared/`, copied from the repo (Python files only; not the CLI and local tools, which no
+  function runs);
 - `requirements.txt`, written from pyproject.toml: the core dependencies, the function's own
   extra and functions-framework, so pyproject stays the only list of dependencies.
 
     python3 infra/gcp/stage.py [--out build/gcp] [FUNCTION ...]
 
-Prints each staged folder. Needs Python 3.11+ (tomllib) and nothing else.
+Prints each staged folder. Needs Python 3.11+ (tomllib) and nothing else. The functions and their
+extras come from `shared/runtime/functions.py`, the one list of functions.
 """
 
 from __future__ import annotations
@@ -24,8 +26,12 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+from shared.runtime.functions import FUNCTIONS  # noqa: E402  (the repo's own package, found above)
+
 # function folder → its extra in pyproject.toml
-EXTRAS = {"ingest": "ingest", "process": "process", "gcal_refresh": "gcal"}
+EXTRAS = {function.name: function.extra for function in FUNCTIONS}
+LOCAL_ONLY = frozenset({"cli", "local"})  # shared/ sub-packages no function imports
 FRAMEWORK = "functions-framework"
 
 
@@ -52,7 +58,11 @@ def stage(function: str, out: Path) -> Path:
     shutil.copytree(
         ROOT / "shared",
         target / "shared",
-        ignore=lambda folder, names: {n for n in names if n == "__pycache__" or n.endswith(".pyc")},
+        ignore=lambda folder, names: {
+            n
+            for n in names
+            if n == "__pycache__" or n.endswith(".pyc") or (Path(folder).name == "shared" and n in LOCAL_ONLY)
+        },
     )
     header = f"# Written by infra/gcp/stage.py from pyproject.toml (extra {EXTRAS[function]}); do not edit.\n"
     (target / "requirements.txt").write_text(header + "\n".join(requirements_for(function)) + "\n")

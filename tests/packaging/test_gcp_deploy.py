@@ -13,6 +13,8 @@ from types import ModuleType
 
 import pytest
 
+from shared.runtime.functions import FUNCTIONS
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -26,7 +28,7 @@ def _load_stage() -> ModuleType:
 
 stage = _load_stage()
 
-TARGETS = {"ingest": ["ingest"], "process": ["webhook", "pubsub", "sweep"], "gcal_refresh": ["refresh"]}
+TARGETS = {f.name: [*f.http_targets, *f.event_targets] for f in FUNCTIONS}
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +46,11 @@ def test_each_source_folder_has_main_shared_and_its_requirements(staged: dict[st
     for name, folder in staged.items():
         assert (folder / "main.py").read_bytes() == (ROOT / "functions" / name / "main.py").read_bytes()
         for source in (ROOT / "shared").rglob("*.py"):
-            if "__pycache__" not in source.parts:
-                assert (folder / source.relative_to(ROOT)).read_bytes() == source.read_bytes()
+            relative = source.relative_to(ROOT)
+            if relative.parts[1] in {"cli", "local"}:
+                assert not (folder / relative).exists(), f"{name}: {relative} is a local tool"
+            elif "__pycache__" not in source.parts:
+                assert (folder / relative).read_bytes() == source.read_bytes()
         names = _requirement_names(folder)
         assert {"functions-framework", "psycopg", "pydantic"} <= names
     assert not {"openai", "tiktoken", "google-auth"} & _requirement_names(staged["ingest"])
@@ -77,7 +82,7 @@ def test_deploy_dry_run_wires_every_target(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     deploys = [line for line in done.stdout.splitlines() if line.startswith("+ gcloud functions deploy")]
     entry_points = {line.split("--entry-point ")[1].split()[0] for line in deploys}
-    assert {"ingest", "webhook", "pubsub", "refresh", "sweep"} <= entry_points
+    assert {target for targets in TARGETS.values() for target in targets} <= entry_points
     sweep = next(line for line in deploys if "--entry-point sweep" in line)
     assert "--no-allow-unauthenticated" in sweep
     assert all("--runtime python312" in line and "--gen2" in line for line in deploys)

@@ -35,6 +35,7 @@ from typing import Any
 
 import pytest
 
+from shared.runtime.functions import FUNCTIONS as SHARED_FUNCTIONS
 from tests.support.bytecode_tool import bytecode_tool
 
 pytestmark = pytest.mark.packaging
@@ -46,10 +47,10 @@ SIZES_JSON = ROOT / "bench" / "results" / "package_sizes.json"
 MB = 1_000_000
 
 # function folder → (CloudFormation logical id, Lambda function key in serverless.yml)
+# Each function in shared/runtime/functions.py, by its CloudFormation logical id: serverless.yml
+# names it in camelCase (`gcal_refresh` -> `gcalRefresh` -> `GcalRefreshLambdaFunction`).
 FUNCTIONS = {
-    "ingest": "IngestLambdaFunction",
-    "process": "ProcessLambdaFunction",
-    "gcal_refresh": "GcalRefreshLambdaFunction",
+    f.name: "".join(part.title() for part in f.name.split("_")) + "LambdaFunction" for f in SHARED_FUNCTIONS
 }
 # Unzipped bounds: the measured sizes plus ~15% for dependency growth (see docs/deploy.md).
 # Ingest cannot reach 15 MB: psycopg-binary alone is 13.4 MB (libpq, OpenSSL, Kerberos, LDAP).
@@ -270,6 +271,10 @@ def test_functions_are_python312_arm64_with_their_own_roles(build: Build) -> Non
         assert {"POWERTOOLS_METRICS_NAMESPACE", "LOG_LEVEL"} <= set(env)
 
 
+def test_the_template_deploys_exactly_the_functions_listed_in_shared(build: Build) -> None:
+    assert set(_resources(build.template, "AWS::Lambda::Function")) == set(FUNCTIONS.values())
+
+
 def test_triggers(build: Build) -> None:
     resources = build.template["Resources"]
     urls = {
@@ -369,6 +374,9 @@ def test_secrets_are_dynamic_references_never_literals(build: Build) -> None:
 # -- the zips ------------------------------------------------------------------------------------
 
 
+LOCAL_ONLY = ("cli", "local")
+
+
 def _names(path: Path) -> list[str]:
     with zipfile.ZipFile(path) as archive:
         return archive.namelist()
@@ -387,6 +395,8 @@ def test_each_zip_has_its_handler_and_the_current_shared_code(build: Build) -> N
         ).read_bytes()
         for source in (build.workdir / "shared").rglob("*.py"):
             relative = source.relative_to(build.workdir)
+            if relative.parts[1] in LOCAL_ONLY:
+                continue
             assert (build.unzipped[name] / relative).read_bytes() == source.read_bytes(), (
                 f"{name}: stale {relative}"
             )
@@ -394,6 +404,14 @@ def test_each_zip_has_its_handler_and_the_current_shared_code(build: Build) -> N
         assert not strays, f"{name}: {strays[:5]}"
         foreign = [n for n in names if n.endswith(".pyc") and not n.endswith(f".{RUNTIME_CACHE_TAG}.pyc")]
         assert not foreign, f"{name}: bytecode for another Python than the runtime's: {foreign[:5]}"
+
+
+def test_zips_carry_no_cli_or_local_tools(build: Build) -> None:
+    """The `nexus` command and the local tools (shared/cli, shared/local) stay out of every zip."""
+    for name, path in build.zips.items():
+        local = [n for n in _names(path) if n.startswith(tuple(f"shared/{part}/" for part in LOCAL_ONLY))]
+        assert not local, f"{name}: {local[:5]}"
+        assert (build.unzipped[name] / "shared" / "process").is_dir(), name  # the rest of shared/ is there
 
 
 def test_each_zip_carries_the_runtimes_bytecode(build: Build) -> None:
