@@ -6,7 +6,7 @@ minified JSON, a run of dots, emoji) it builds 1 MB and 8 MB (UTF-8 bytes) deter
 splits each with `split_text(text, 350)` on one core, reporting MB/s in CPU time: the best of
 `--repeats` rounds (one fewer above 1 MB), the sizes alternating within each round so that a busy
 moment of a shared machine does not fall on one size only. English prose is the PostgreSQL
-manual (`/usr/share/doc/postgresql-doc-*/html` through `shared.text.documents.html_to_text`, the
+manual (`/usr/share/doc/postgresql-doc-*/html` through `shared.text.html.html_to_text`, the
 process bench's corpus) when installed, else the documents in `examples/`, repeated. Every run is
 checked: the chunks cover the text in order, within the limit.
 
@@ -53,7 +53,7 @@ def _fit(text: str, size: int) -> str:
 def english_source() -> tuple[str, str]:
     """(where it comes from, English prose of a few MB)."""
     sys.path.insert(0, str(ROOT))
-    from shared.text.documents import html_to_text
+    from shared.text.html import html_to_text
 
     folders = sorted(DOC_ROOT.glob("postgresql-doc-*/html"))
     if folders:

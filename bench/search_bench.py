@@ -138,7 +138,7 @@ def pg_docs(queries: int, seed: int) -> Dataset:
     """Chunks of the PostgreSQL 15 HTML docs embedded by `LocalEmbedder`; `queries` held out."""
     from shared.providers.embeddings import LocalEmbedder
     from shared.text.chunking import chunk_text
-    from shared.text.documents import html_to_text
+    from shared.text.html import html_to_text
 
     texts: list[str] = []
     for path in sorted(PG_DOCS.glob("*.html")):

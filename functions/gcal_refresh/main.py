@@ -10,7 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from shared.gcal.upkeep import TokenUpkeep
-from shared.http.problems import HttpResponse, ProblemError
+from shared.http.messages import HttpResponse
+from shared.http.problems import ProblemError
 from shared.runtime.adapters import flask_response, unrecognised_event_result
 from shared.runtime.events import lambda_event_kind
 

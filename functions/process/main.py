@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from shared.http.problems import HttpResponse
+from shared.http.messages import HttpResponse
 from shared.process.service import ProcessService
 from shared.runtime.adapters import flask_response, from_flask, lambda_http_handler, unrecognised_event_result
 from shared.runtime.events import EventError, lambda_event_kind, pubsub_body

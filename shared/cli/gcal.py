@@ -175,10 +175,10 @@ def _token_store(settings: Settings) -> Iterator[GoogleTokenStore]:
     `.nexus/` (started and migrated on first use, like every other `nexus` command)."""
     from shared.gcal.store import default_token_store
     from shared.local.database import database_url
+    from shared.store.backends import uses_supabase_api
     from shared.store.migrations import migrate
 
-    uses_supabase = not settings.database_url and settings.supabase_url and settings.supabase_service_role_key
-    if not uses_supabase:
+    if not uses_supabase_api(settings):
         url = database_url(settings)
         if not settings.database_url:
             migrate(url)

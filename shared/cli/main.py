@@ -46,58 +46,23 @@ def _parse_uuid(value: str) -> uuid.UUID:
         raise argparse.ArgumentTypeError(f"{value!r} is not a UUID") from None
 
 
-def ingest_paths(
-    store: Any,
-    paths: Sequence[Path],
-    client_id: uuid.UUID,
-    source: str | None = None,
-    base: Path | None = None,
-    max_item_tokens: int | None = None,
-) -> list[tuple[Path, Any]]:
-    """Ingest files (folders expanded) for one client; each file's path is its external_id, so
-    re-ingesting an unchanged file is a duplicate and an edited one an update. A file over
-    `max_item_tokens` is skipped with a message."""
-    from shared.http.problems import ProblemError
-    from shared.ingest.queue import NoQueue
-    from shared.ingest.service import IngestItem, ingest_items
-    from shared.text.documents import find_documents, read_document
-
-    results = []
-    for path in find_documents(list(paths)):
-        text = read_document(path)
-        if base is not None and path.is_relative_to(base):
-            path = path.relative_to(base)
-        if not text.strip():
-            print(f"skipped {path}: no text", file=sys.stderr)
-            continue
-        item = IngestItem(
-            client_id=client_id,
-            source=source or path.as_posix(),
-            content=text,
-            metadata={"path": path.as_posix()},
-            external_id=path.as_posix(),
-        )
-        try:
-            (result,) = ingest_items([item], store=store, queue=NoQueue(), max_item_tokens=max_item_tokens)
-        except ProblemError as problem:
-            if problem.status != 413:
-                raise
-            print(f"skipped {path}: {problem.errors[0].detail}", file=sys.stderr)
-            continue
-        results.append((path, result))
-    return results
+def _print_skip(path: Path, reason: str) -> None:
+    print(f"skipped {path}: {reason}", file=sys.stderr)
 
 
 def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     store = open_store(settings)
     if args.create_client:
         store.ensure_client(args.client_id)
-    results = ingest_paths(
+    from shared.ingest.files import ingest_files
+
+    results = ingest_files(
         store,
         [Path(p) for p in args.paths],
         args.client_id,
         args.source,
         max_item_tokens=settings.max_item_tokens,
+        on_skip=_print_skip,
     )
     for path, result in results:
         state = "duplicate" if result.duplicate else ("updated" if result.updated else "new")
@@ -149,15 +114,13 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 def process_all(settings: Settings, store: Any, item_id: uuid.UUID | None = None, quiet: bool = False) -> Any:
     """Process one item, or everything claimable, with a progress bar."""
     from shared.cli.progress import progress_bar
-    from shared.process.pipeline import processor_from_settings
+    from shared.process import items_to_process
+    from shared.process import process_all as run
 
     if item_id is not None:
-        return processor_from_settings(settings, store).process_ids([item_id], 900)
-    counts = store.status().get("counts", {})
-    total = int(counts.get("pending", 0)) + int(counts.get("failed", 0)) + int(counts.get("processing", 0))
-    with progress_bar("processing", total, disabled=quiet) as advance:
-        processor = processor_from_settings(settings, store, progress=advance)
-        return processor.sweep(lambda: 3600.0)
+        return run(settings, store, item_id)
+    with progress_bar("processing", items_to_process(store), disabled=quiet) as advance:
+        return run(settings, store, progress=advance)
 
 
 def cmd_process(args: argparse.Namespace, settings: Settings) -> int:
@@ -191,7 +154,7 @@ def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from shared.local.demo import run_demo
 
-    return run_demo(open_store(settings), settings, EXAMPLES_DIR)
+    return run_demo(open_store(settings), settings, EXAMPLES_DIR, process=process_all)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,17 +8,16 @@ client secret; `client_id`, `expiry`, `scopes`, `status` (`ok` / `reauth_require
 refresh runs, see `shared.gcal.refresh`).
 
 This module reads and writes them: `save_credentials`, `load_credentials`,
-`import_authorized_user`, `token_states`, `rotate_encryption_key`. The seed's names
-`refresh_token_if_needed` (`shared.gcal.refresh`) and `run_initial_oauth_flow`
-(`shared.gcal.signin`) are importable from here too. Nothing here logs, prints or raises with a
-token or key in it.
+`import_authorized_user`, `token_states`, `rotate_encryption_key`. Refreshing is
+`shared.gcal.refresh`, the first sign-in `shared.gcal.signin`; `shared.gcal` is the public home of
+all of them. Nothing here logs, prints or raises with a token or key in it.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -302,36 +301,6 @@ def _reencrypt(store: GoogleTokenStore, key: str, cipher: TokenCipher) -> bool:
         f"The token{for_account(account_of(key))} kept changing while it was re-encrypted; "
         "run 'nexus gcal rotate-key' again."
     )
-
-
-# --- the seed's entry points, kept where its callers import them ---
-
-
-def refresh_token_if_needed(
-    account: str = DEFAULT_ACCOUNT,
-    *,
-    force: bool = False,
-    settings: Settings | None = None,
-    store: GoogleTokenStore | None = None,
-) -> bool:
-    """The seed's name for `shared.gcal.refresh.refresh_token_if_needed` (see there)."""
-    from shared.gcal.refresh import refresh_token_if_needed as refresh
-
-    return refresh(account, force=force, settings=settings, store=store)
-
-
-def run_initial_oauth_flow(
-    account: str = DEFAULT_ACCOUNT,
-    *,
-    open_browser: bool = True,
-    scopes: Sequence[str] = CALENDAR_SCOPES,
-    settings: Settings | None = None,
-    store: GoogleTokenStore | None = None,
-) -> TokenState:
-    """The seed's name for `shared.gcal.signin.run_initial_oauth_flow` (see there)."""
-    from shared.gcal.signin import run_initial_oauth_flow as sign_in
-
-    return sign_in(account, open_browser=open_browser, scopes=scopes, settings=settings, store=store)
 
 
 # --- shared by the token modules ---

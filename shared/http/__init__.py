@@ -1,1 +1,31 @@
-"""`shared.http`."""
+"""HTTP without a runtime: request and response messages, RFC 9457 problems, who is calling.
+
+Runtimes convert to and from these (`shared.runtime`); services raise `ProblemError` for a client's
+mistake and the entry point answers it as problem+json."""
+
+from typing import TYPE_CHECKING
+
+from shared.lazy import lazy_exports
+
+_HOMES = {
+    "HttpRequest": "messages",
+    "HttpResponse": "messages",
+    "FieldError": "problems",
+    "ProblemError": "problems",
+    "Principal": "auth",
+    "authenticate": "auth",
+}
+__all__ = [
+    "FieldError",
+    "HttpRequest",
+    "HttpResponse",
+    "Principal",
+    "ProblemError",
+    "authenticate",
+]
+__getattr__, __dir__ = lazy_exports(__name__, _HOMES)
+
+if TYPE_CHECKING:
+    from shared.http.auth import Principal, authenticate
+    from shared.http.messages import HttpRequest, HttpResponse
+    from shared.http.problems import FieldError, ProblemError

@@ -1,16 +1,16 @@
-"""HTTP requests and responses independent of the runtime, and RFC 9457 problem details.
+"""RFC 9457 problem details: every client mistake answers `application/problem+json`.
 
-Every entry point (mangum/ASGI on Lambda, functions-framework's Flask request, the CLI's
-in-process calls) converts to `HttpRequest` and from `HttpResponse`, so the status mapping
-lives in one place.
+`ProblemError` is raised anywhere on a request path; the entry point turns it into the response,
+so the mapping from a mistake to its status lives in one place.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
+
+from shared.http.messages import HttpResponse
 
 PROBLEM_TYPE_BASE = "https://nexus-workers.dev/problems/"
 
@@ -29,33 +29,6 @@ _TITLES = {
     502: "Bad Gateway",
     503: "Service Unavailable",
 }
-
-
-@dataclass(frozen=True)
-class HttpRequest:
-    method: str
-    path: str
-    headers: dict[str, str]  # lower-cased names
-    body: bytes
-    context: Any = None  # the Lambda context, when there is one (remaining time, request id)
-
-    def header(self, name: str) -> str | None:
-        return self.headers.get(name.lower())
-
-
-@dataclass
-class HttpResponse:
-    status: int
-    body: bytes
-    headers: dict[str, str] = field(default_factory=dict)
-
-    @classmethod
-    def json(cls, status: int, payload: Any, content_type: str = "application/json") -> HttpResponse:
-        body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
-        return cls(status, body, {"content-type": content_type})
-
-    def payload(self) -> Any:
-        return json.loads(self.body)
 
 
 @dataclass(frozen=True)

@@ -12,11 +12,12 @@ from typing import Any
 
 from shared.config import Settings, get_settings
 from shared.errors import NexusError
-from shared.http.auth import authenticate
-from shared.http.problems import HttpRequest, HttpResponse, ProblemError
+from shared.http.auth import Principal, authenticate
+from shared.http.messages import HttpRequest, HttpResponse
+from shared.http.problems import ProblemError
 from shared.ingest.queue import ItemQueue, NoQueue, SqsQueue
-from shared.ingest.service import check_idempotency_key, ingest_items, parse_items
-from shared.store.postgres import Store, default_store
+from shared.ingest.service import IngestResult, check_idempotency_key, ingest_items, parse_items
+from shared.store import Store, store_from_settings
 
 INGEST_PATHS = frozenset({"/", "/api/knowledge/ingest"})
 
@@ -33,7 +34,7 @@ class IngestEndpoint:
         if self.settings is None:
             self.settings = get_settings()
         if self.store is None:
-            self.store = default_store(self.settings)
+            self.store = store_from_settings(self.settings)
         if self.queue is None:
             self.queue = SqsQueue(self.settings.queue_url) if self.settings.queue_url else NoQueue()
         return self.settings, self.store, self.queue
@@ -58,7 +59,7 @@ class IngestEndpoint:
             raise ProblemError(404, f"No endpoint at {path}; POST to /api/knowledge/ingest.")
         if request.method.upper() != "POST":
             raise ProblemError(405, "Use POST to ingest knowledge items.", headers={"allow": "POST"})
-        settings, store, queue = self._wire()
+        settings = self._wire()[0]
         principal = authenticate(request.header("authorization"), settings)
         if len(request.body) > settings.max_body_bytes:
             raise ProblemError(
@@ -66,21 +67,30 @@ class IngestEndpoint:
                 f"The body is larger than the {settings.max_body_bytes}-byte limit (NEXUS_MAX_BODY_BYTES).",
             )
         payload = _decode_json(request)
-        items, is_batch = parse_items(payload)
         key = check_idempotency_key(request.header("idempotency-key"))
+        results, is_batch = self.ingest(payload, principal=principal, idempotency_key=key)
+        if is_batch:
+            return HttpResponse.json(200, {"items": [r.as_dict() for r in results]})
+        result = results[0]
+        return HttpResponse.json(200 if (result.duplicate or result.updated) else 201, result.as_dict())
+
+    def ingest(
+        self, payload: Any, *, principal: Principal | None = None, idempotency_key: str | None = None
+    ) -> tuple[list[IngestResult], bool]:
+        """Validate and store a decoded body (one item or `{"items": [...]}`); returns the results
+        and whether it was a batch. Raises ProblemError (the status and fields) storing nothing."""
+        settings, store, queue = self._wire()
+        items, is_batch = parse_items(payload)
         results = ingest_items(
             items,
             store=store,
             queue=queue,
             principal=principal,
-            idempotency_key=key,
+            idempotency_key=idempotency_key,
             is_batch=is_batch,
             max_item_tokens=settings.max_item_tokens,
         )
-        if is_batch:
-            return HttpResponse.json(200, {"items": [r.as_dict() for r in results]})
-        result = results[0]
-        return HttpResponse.json(200 if (result.duplicate or result.updated) else 201, result.as_dict())
+        return results, is_batch
 
 
 def _is_json(content_type: str | None) -> bool:

@@ -27,7 +27,7 @@ def estimate_tokens(text: str) -> int:
 
     Within about ±20% on English prose; the exact count is taken when the item is chunked.
     """
-    # Two passes in C (no Python loop per word): ~0.05 ms for 2 KB instead of ~0.7 ms.
+    # Regex passes run in C: no Python loop per word on the ingest hot path (bench/README.md).
     unspaced = len(_UNSPACED_CHAR.findall(text))
     if not unspaced:
         return len(_WORDS.findall(text)) + len(_LONG_WORD_PIECE.findall(text))

@@ -16,7 +16,7 @@ from shared.http.auth import Principal
 from shared.http.problems import FieldError, ProblemError
 from shared.ingest.metadata import extract_metadata
 from shared.ingest.queue import ItemQueue
-from shared.store.postgres import IngestOutcome, Store
+from shared.store import IngestOutcome, Store
 
 MAX_BATCH_ITEMS = 100
 MAX_IDEMPOTENCY_KEY_CHARS = 255

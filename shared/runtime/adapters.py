@@ -12,7 +12,9 @@ import binascii
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
-from shared.http.problems import HttpRequest, HttpResponse, ProblemError
+from shared.http.messages import HttpRequest, HttpResponse
+from shared.http.problems import ProblemError
+from shared.runtime.events import lambda_event_kind
 
 if TYPE_CHECKING:  # mangum is imported on a function URL's first request, not here
     from mangum.types import ASGI
@@ -53,22 +55,13 @@ def asgi_app(handle: Handle) -> ASGI:
     return app
 
 
-def is_function_url_event(event: Any) -> bool:
-    """True for a Lambda function URL / API Gateway HTTP API event (payload format 2.0)."""
-    return (
-        isinstance(event, dict)
-        and isinstance(event.get("requestContext"), dict)
-        and isinstance(event["requestContext"].get("http"), dict)
-    )
-
-
 def lambda_http_handler(handle: Handle) -> Callable[[Any, Any], dict[str, Any]]:
     """A Lambda handler for function-URL events via mangum; other events get a 400 result."""
     mangum_handler: Any = None
 
     def handler(event: Any, context: Any) -> dict[str, Any]:
         nonlocal mangum_handler
-        if not is_function_url_event(event):
+        if lambda_event_kind(event) != "http":
             return unrecognised_event_result("a function URL (payload 2.0) request")
         if not has_readable_body(event):
             return problem_result(

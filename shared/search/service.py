@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from shared.store.postgres import SearchHit, Store
+from shared.store import SearchHit, Store
 
 MAX_K = 200
 

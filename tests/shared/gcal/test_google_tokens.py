@@ -22,7 +22,13 @@ import pytest
 from shared.config import Settings
 from shared.errors import ConfigError, NexusError
 from shared.gcal.crypto import TokenCipher, UndecryptableError, generate_key
-from shared.gcal.refresh import REAUTH_ALERT, RefreshPolicy, refresh_account, refresh_all_accounts
+from shared.gcal.refresh import (
+    REAUTH_ALERT,
+    RefreshPolicy,
+    refresh_account,
+    refresh_all_accounts,
+    refresh_token_if_needed,
+)
 from shared.gcal.store import GoogleTokenStore, PostgresTokenStore, SupabaseTokenStore
 from shared.gcal.tokens import (
     ReauthRequired,
@@ -30,7 +36,6 @@ from shared.gcal.tokens import (
     TokenSecrets,
     import_authorized_user,
     load_credentials,
-    refresh_token_if_needed,
     rotate_encryption_key,
     token_key,
     token_states,

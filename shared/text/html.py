@@ -1,13 +1,10 @@
-"""Reading local files into item text for `nexus ingest`: .txt, .md and .html (HTML to text)."""
+"""HTML to text: the visible text of a page, paragraphs kept as blank lines, never its tags."""
 
 from __future__ import annotations
 
 import html
 import re
 from html.parser import HTMLParser
-from pathlib import Path
-
-SUPPORTED_SUFFIXES = (".txt", ".md", ".markdown", ".html", ".htm")
 
 _BLOCK_TAGS = frozenset(
     [
@@ -90,25 +87,3 @@ def html_to_text(markup: str) -> str:
     text = re.sub(r"[ \t]+\n", "\n", text)
     text = re.sub(r"\n[ \t]+", "\n", text)
     return re.sub(r"\n{3,}", "\n\n", text).strip()
-
-
-def read_document(path: Path) -> str:
-    """The text of a supported file; raises ValueError for other kinds."""
-    suffix = path.suffix.lower()
-    if suffix not in SUPPORTED_SUFFIXES:
-        raise ValueError(f"{path} is not a .txt, .md or .html file.")
-    raw = path.read_text(encoding="utf-8", errors="replace")
-    return html_to_text(raw) if suffix in {".html", ".htm"} else raw
-
-
-def find_documents(paths: list[Path]) -> list[Path]:
-    """Expand folders (recursively) into the supported files they hold, in a stable order."""
-    found: list[Path] = []
-    for path in paths:
-        if path.is_dir():
-            found.extend(sorted(p for p in path.rglob("*") if p.suffix.lower() in SUPPORTED_SUFFIXES))
-        elif path.exists():
-            found.append(path)
-        else:
-            raise ValueError(f"{path} does not exist.")
-    return found
