@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import shared.text.tokenizer
-from shared.text import chunking
+from shared.text import atoms, chunking
 from shared.text.chunking import split_text
 from shared.text.tokenizer import CL100K_SHA256, count_tokens, get_encoding
 
@@ -299,7 +299,7 @@ def test_chinese_and_japanese_sentences_end_without_a_following_space() -> None:
 
 def test_latin_sentence_ends_still_need_a_following_space() -> None:
     text = "Version 3.14 is out. See e.g.the notes!Really? Yes.\u3002Done。Next"
-    ends = [match.end() for match in chunking._SENTENCE_END.finditer(text)]
+    ends = [match.end() for match in atoms._SENTENCE_END.finditer(text)]
     assert ends == [
         text.index("out.") + 4,
         text.index("Really?") + 7,
@@ -318,7 +318,7 @@ def test_latin_sentence_ends_still_need_a_following_space() -> None:
     ).map(lambda runs: "".join(unit * times for unit, times in runs))
 )
 def test_long_runs_are_found_by_their_blocks_as_by_the_full_search(text: str) -> None:
-    assert chunking._long_runs(text) == [match.span() for match in chunking._LONG_RUN.finditer(text)]
+    assert atoms._long_runs(text) == [match.span() for match in atoms._LONG_RUN.finditer(text)]
 
 
 def test_no_token_is_longer_than_the_chunker_assumes() -> None:
@@ -329,7 +329,7 @@ def test_no_token_is_longer_than_the_chunker_assumes() -> None:
             longest = max(longest, len(encoding.decode_single_token_bytes(token)))
         except KeyError:  # ids between the ranks and the special tokens
             continue
-    assert longest <= chunking._MAX_TOKEN_BYTES
+    assert longest <= atoms._MAX_TOKEN_BYTES
 
 
 class CountingEncoding:
@@ -395,7 +395,7 @@ def test_a_megabyte_of_any_kind_is_tokenised_a_bounded_number_of_times(
     text = _megabyte(kind)
     chunks = split_text(text, 350)
     assert counting.characters <= 3 * len(text), counting.characters / len(text)
-    assert counting.longest <= 350 * chunking._MAX_TOKEN_BYTES
+    assert counting.longest <= 350 * atoms._MAX_TOKEN_BYTES
     assert "".join(chunk.text for chunk in chunks) == text
     assert all(chunk.token_count <= 350 for chunk in chunks)
     encode = get_encoding().encode_ordinary
@@ -415,21 +415,27 @@ def test_ten_megabytes_are_tokenised_a_bounded_number_of_times(counting: Countin
 
 
 @pytest.mark.parametrize(
-    ("text", "max_tokens", "overlap", "path"),
+    ("text", "max_tokens", "overlap", "module", "path"),
     [
-        (" " + "x" * 800 + "." * 400 + "ไ" * 2, 8, 3, "_fit_prefix"),
-        (" " * 10 + "x" * 1500, 9, 0, "_fit_prefix"),
-        ("ab" * 400 + "!" * 400 + "漢" * 50 + " " * 400 + "ไ" * 400 + "👨‍👩‍👧" * 51, 8, 3, "_shrink"),
+        (" " + "x" * 800 + "." * 400 + "ไ" * 2, 8, 3, atoms, "_fit_prefix"),
+        (" " * 10 + "x" * 1500, 9, 0, atoms, "_fit_prefix"),
+        (
+            "ab" * 400 + "!" * 400 + "漢" * 50 + " " * 400 + "ไ" * 400 + "👨‍👩‍👧" * 51,
+            8,
+            3,
+            chunking,
+            "_shrink",
+        ),
     ],
 )
 def test_a_cut_whose_exact_ids_run_over_is_shortened_to_fit(
-    text: str, max_tokens: int, overlap: int, path: str, monkeypatch: pytest.MonkeyPatch
+    text: str, max_tokens: int, overlap: int, module: Any, path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Encoded alone, the text before a cut can take more tokens than it did inside the longer
     # text (the seam changes BPE); such a cut is shortened by its own ids.
     calls = []
-    original = getattr(chunking, path)
-    monkeypatch.setattr(chunking, path, lambda *args: calls.append(args) or original(*args))
+    original = getattr(module, path)
+    monkeypatch.setattr(module, path, lambda *args: calls.append(args) or original(*args))
     chunks = split_text(text, max_tokens, overlap)
     assert calls, f"{path} was not exercised"
     if overlap == 0:
