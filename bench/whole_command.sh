@@ -24,14 +24,14 @@ cd "$TREE"
 now() { "$PY" -c "import time; print(time.monotonic())"; }
 elapsed() { "$PY" -c "print(f'{$2 - $1:.2f}')"; }
 t0=$(now)
-"$PY" -m shared.cli.main migrate > "$WORK/migrate.out" 2>&1
+"$PY" -m shared.cli migrate > "$WORK/migrate.out" 2>&1
 t1=$(now)
-/usr/bin/time -f "%M" -o "$WORK/ingest.rss" "$PY" -m shared.cli.main ingest "$CORPUS" --client-id "$CLIENT" \
+/usr/bin/time -f "%M" -o "$WORK/ingest.rss" "$PY" -m shared.cli ingest "$CORPUS" --client-id "$CLIENT" \
   --create-client > "$WORK/ingest.out" 2>&1
 t2=$(now)
-/usr/bin/time -f "%M" -o "$WORK/process.rss" "$PY" -m shared.cli.main process --all > "$WORK/process.out" 2>&1
+/usr/bin/time -f "%M" -o "$WORK/process.rss" "$PY" -m shared.cli process --all > "$WORK/process.out" 2>&1
 t3=$(now)
-state=$("$PY" -m shared.cli.main status --json | "$PY" -c \
+state=$("$PY" -m shared.cli status --json | "$PY" -c \
   "import json, sys; d = json.load(sys.stdin); print(d['counts'], d['chunks'], 'chunks,', d['chunks_awaiting_index'], 'awaiting the index')")
 echo "first use (cluster + migrations) $(elapsed "$t0" "$t1") s"
 echo "nexus ingest $(elapsed "$t1" "$t2") s, peak RSS $(( $(cat "$WORK/ingest.rss") / 1024 )) MiB"
