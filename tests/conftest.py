@@ -52,14 +52,9 @@ def _close_providers_built_from_settings() -> Iterator[None]:
     connections); close them when the session ends, not in the interpreter's exit, where their
     pooled sockets to the tests' servers would be reported as unclosed."""
     yield
-    from shared.providers import embeddings, summaries
+    from shared.providers.cache import close_all
 
-    for cache in (embeddings._embedders, summaries._summarizers):
-        for provider in cache.values():
-            close = getattr(provider, "close", None)
-            if callable(close):
-                close()
-        cache.clear()
+    close_all()
 
 
 @pytest.fixture(scope="session")

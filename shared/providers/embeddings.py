@@ -17,7 +17,6 @@ import base64
 import json
 import re
 import sys
-import threading
 import zlib
 from array import array
 from collections.abc import Sequence
@@ -27,6 +26,7 @@ from math import log, sqrt
 from typing import Any, Protocol
 
 from shared.errors import ConfigError, NexusError
+from shared.providers.cache import ProviderCache
 from shared.providers.deadlines import submit
 from shared.providers.openai_http import (
     DEFAULT_BASE_URL,
@@ -346,8 +346,7 @@ class LocalEmbedder:
         return array("f", [v / norm for v in values] if norm else values)
 
 
-_embedders: dict[tuple[Any, ...], Embedder] = {}
-_embedders_lock = threading.Lock()
+_embedders: ProviderCache[Embedder] = ProviderCache()
 
 
 def embedder_from_settings(settings: Any) -> Embedder:
@@ -359,20 +358,20 @@ def embedder_from_settings(settings: Any) -> Embedder:
         settings.openai_base_url,
         settings.openai_api_key,
     )
-    with _embedders_lock:
-        if key not in _embedders:
-            if settings.embedding_provider == "local":
-                _embedders[key] = LocalEmbedder(settings.embedding_dimensions)
-            else:
-                if not settings.openai_api_key:
-                    raise ConfigError(
-                        "OPENAI_API_KEY is not set (or set NEXUS_EMBEDDING_PROVIDER=local for offline use)."
-                    )
-                _embedders[key] = OpenAIEmbedder(
-                    settings.openai_api_key,
-                    settings.embedding_model,
-                    settings.embedding_dimensions,
-                    settings.openai_base_url,
-                    concurrency=settings.embedding_concurrency,
-                )
-        return _embedders[key]
+    return _embedders.get(key, lambda: _build_embedder(settings))
+
+
+def _build_embedder(settings: Any) -> Embedder:
+    if settings.embedding_provider == "local":
+        return LocalEmbedder(settings.embedding_dimensions)
+    if not settings.openai_api_key:
+        raise ConfigError(
+            "OPENAI_API_KEY is not set (or set NEXUS_EMBEDDING_PROVIDER=local for offline use)."
+        )
+    return OpenAIEmbedder(
+        settings.openai_api_key,
+        settings.embedding_model,
+        settings.embedding_dimensions,
+        settings.openai_base_url,
+        concurrency=settings.embedding_concurrency,
+    )

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +19,7 @@ from itertools import chain
 from typing import Any, Protocol, TypeGuard
 
 from shared.errors import ConfigError, NexusError
+from shared.providers.cache import ProviderCache
 from shared.providers.deadlines import submit
 from shared.providers.openai_http import (
     DEFAULT_BASE_URL,
@@ -367,8 +367,7 @@ def _group_chunks(
     return groups or [""]
 
 
-_summarizers: dict[tuple[Any, ...], Summarizer] = {}
-_lock = threading.Lock()
+_summarizers: ProviderCache[Summarizer] = ProviderCache()
 
 
 def summarizer_from_settings(settings: Any) -> Summarizer:
@@ -379,16 +378,12 @@ def summarizer_from_settings(settings: Any) -> Summarizer:
         settings.openai_base_url,
         settings.openai_api_key,
     )
-    with _lock:
-        if key not in _summarizers:
-            if settings.summary_provider == "local":
-                _summarizers[key] = LocalSummarizer()
-            else:
-                if not settings.openai_api_key:
-                    raise ConfigError(
-                        "OPENAI_API_KEY is not set (or set NEXUS_SUMMARY_PROVIDER=local for offline use)."
-                    )
-                _summarizers[key] = OpenAISummarizer(
-                    settings.openai_api_key, settings.summary_model, settings.openai_base_url
-                )
-        return _summarizers[key]
+    return _summarizers.get(key, lambda: _build_summarizer(settings))
+
+
+def _build_summarizer(settings: Any) -> Summarizer:
+    if settings.summary_provider == "local":
+        return LocalSummarizer()
+    if not settings.openai_api_key:
+        raise ConfigError("OPENAI_API_KEY is not set (or set NEXUS_SUMMARY_PROVIDER=local for offline use).")
+    return OpenAISummarizer(settings.openai_api_key, settings.summary_model, settings.openai_base_url)
