@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shared.config import Settings, get_settings
 from shared.errors import NexusError
@@ -17,7 +17,10 @@ from shared.http.messages import HttpRequest, HttpResponse
 from shared.http.problems import ProblemError
 from shared.ingest.queue import ItemQueue, NoQueue, SqsQueue
 from shared.ingest.service import IngestResult, check_idempotency_key, ingest_items, parse_items
-from shared.store import Store, store_from_settings
+from shared.store.backends import store_from_settings
+
+if TYPE_CHECKING:
+    from shared.store import Store
 
 INGEST_PATHS = frozenset({"/", "/api/knowledge/ingest"})
 

@@ -6,12 +6,15 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from shared.http.problems import ProblemError
 from shared.ingest.queue import NoQueue
 from shared.ingest.service import IngestItem, IngestResult, ingest_items
-from shared.store import Store
 from shared.text.html import html_to_text
+
+if TYPE_CHECKING:
+    from shared.store import Store
 
 __all__ = ["SUPPORTED_SUFFIXES", "find_documents", "ingest_files", "read_document"]
 

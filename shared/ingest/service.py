@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -16,7 +16,9 @@ from shared.http.auth import Principal
 from shared.http.problems import FieldError, ProblemError
 from shared.ingest.metadata import extract_metadata
 from shared.ingest.queue import ItemQueue
-from shared.store import IngestOutcome, Store
+
+if TYPE_CHECKING:
+    from shared.store import IngestOutcome, Store
 
 MAX_BATCH_ITEMS = 100
 MAX_IDEMPOTENCY_KEY_CHARS = 255

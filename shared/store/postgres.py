@@ -25,7 +25,6 @@ from psycopg.adapt import PyFormat
 from psycopg.types.json import Jsonb
 
 from shared.store.base import SqlFunctionStore
-from shared.store.copy_binary import COPY_COLUMNS, copy_rows_binary
 from shared.store.database import ConnectionHolder
 from shared.store.rows import CompletedItem
 
@@ -54,9 +53,6 @@ _CASTS = {
 }
 _ROWS = "select * from {}({})"
 _VALUE = "select {}({})"
-_COPY_CHUNKS = sql.SQL("copy public.knowledge_chunks ({}) from stdin (format binary)").format(
-    sql.SQL(", ").join(map(sql.Identifier, COPY_COLUMNS))
-)
 
 
 class PostgresStore(SqlFunctionStore):
@@ -191,8 +187,14 @@ class PostgresStore(SqlFunctionStore):
 
     @staticmethod
     def _copy_chunks(conn: Any, completed: list[CompletedItem]) -> None:
-        """Binary COPY of the chunk rows `copy_rows_binary` encodes."""
-        with conn.cursor() as cursor, cursor.copy(_COPY_CHUNKS) as copy:
+        """Binary COPY of the chunk rows `copy_rows_binary` encodes (imported here: only the process
+        function writes chunks, and ingest's cold start need not load the encoder)."""
+        from shared.store.copy_binary import COPY_COLUMNS, copy_rows_binary
+
+        statement = sql.SQL("copy public.knowledge_chunks ({}) from stdin (format binary)").format(
+            sql.SQL(", ").join(map(sql.Identifier, COPY_COLUMNS))
+        )
+        with conn.cursor() as cursor, cursor.copy(statement) as copy:
             for block in copy_rows_binary(completed):
                 copy.write(block)
 
