@@ -3,6 +3,11 @@
 Applied files are recorded in `nexus.schema_migrations` with their sha256; an applied file whose
 bytes have changed is refused (migrations are never edited once applied — add a new one).
 Concurrent runs serialise on an advisory lock, so re-running is always safe.
+
+One exception, listed in `EARLIER_TEXTS`: four files that set `hnsw.*` on functions gained a
+first block that loads pgvector in the session, so each applies on its own on Supabase (where
+`postgres` is not a superuser). A database that applied one of their earlier texts is accepted
+as it is: the block defines nothing, so what the earlier text created is what the new one creates.
 """
 
 from __future__ import annotations
@@ -19,6 +24,24 @@ from shared.errors import NexusError
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "infra" / "supabase" / "migrations"
 _LOCK_ID = 0x6E657875  # "nexu"
+
+# sha256 of the earlier texts of files that were changed after release, by file name, each
+# accepted in place of the current text (see the module docstring; never add a change that alters
+# what a file creates).
+EARLIER_TEXTS: dict[str, frozenset[str]] = {
+    "20261125000300_ingest_and_search.sql": frozenset(
+        {"8c30a61fb14049681e4bd74bc07a08510b4842a223f81422019aad1d82328fbe"}
+    ),
+    "20261125000400_processing.sql": frozenset(
+        {"55cc2478c3914f4602516beb3050939e816e6228e801786dcbfc87bbab41863e"}
+    ),
+    "20261125000800_search_plan.sql": frozenset(
+        {"dcaf137f321893a35244b38c51104ff2226cc9a989df0822f9ab573810b88278"}
+    ),
+    "20261125001000_deferred_vector_index.sql": frozenset(
+        {"9357fb07992fe3a9466dcb087fc87eae2361d9895632f52c89897cdb43e89d26"}
+    ),
+}
 
 
 class MigrationError(NexusError):
@@ -70,12 +93,18 @@ def apply_migrations(conn: psycopg.Connection[Any], directory: Path | None = Non
         rows = conn.execute("select version, checksum from nexus.schema_migrations").fetchall()
     applied = {row["version"]: row["checksum"] for row in rows}
     for migration in migrations:
-        if migration.version in applied and applied[migration.version] != migration.checksum:
+        if migration.version in applied and not _same_text(migration, applied[migration.version]):
             raise MigrationError(
                 f"Migration {migration.path.name} was changed after it was applied; "
                 "restore it and put the change in a new migration."
             )
     return [name for m in migrations if m.version not in applied and (name := _apply(conn, m))]
+
+
+def _same_text(migration: Migration, applied_checksum: str) -> bool:
+    """Whether the applied file had this text, or an earlier one accepted in its place."""
+    name = migration.path.name
+    return applied_checksum == migration.checksum or applied_checksum in EARLIER_TEXTS.get(name, ())
 
 
 def _apply(conn: psycopg.Connection[Any], migration: Migration) -> str | None:
@@ -94,7 +123,7 @@ def _apply(conn: psycopg.Connection[Any], migration: Migration) -> str | None:
                 (migration.version, migration.name, migration.checksum),
             )
     except psycopg.Error as exc:
-        detail = exc.diag.message_primary or type(exc).__name__
+        detail = (exc.diag.message_primary or type(exc).__name__).rstrip(".")
         raise MigrationError(f"Migration {migration.path.name} failed: {detail}.") from None
     return migration.path.name
 

@@ -1,3 +1,25 @@
+-- pgvector first (added for Supabase, where `postgres` is not a superuser): its `hnsw.*` settings
+-- exist only once its library is loaded in the session, and only a superuser may put an unknown
+-- setting on a function. Casting a literal to `vector` loads the library, so this file applies in
+-- a session of its own (psql per file, the SQL editor, `supabase db push`, an upgrade). The
+-- settings also need pgvector 0.8.0 or later.
+do $pgvector$
+declare
+  installed record;
+begin
+  select e.extversion, n.nspname into installed
+    from pg_extension e join pg_namespace n on n.oid = e.extnamespace
+   where e.extname = 'vector';
+  if installed is null then
+    raise exception 'The pgvector extension is not installed: enable "vector" (Supabase: Database, Extensions) or run create extension vector.';
+  end if;
+  if string_to_array(split_part(installed.extversion, '-', 1), '.')::int[] < array[0, 8, 0] then
+    raise exception 'pgvector % is installed, and Nexus Workers needs 0.8.0 or later: run alter extension vector update.', installed.extversion;
+  end if;
+  execute format('select %L::%I.vector', '[0]', installed.nspname);
+end
+$pgvector$;
+
 -- Search tuning from bench/search_bench.py: the planner underprices a full scan sorted by
 -- halfvec distance on small tables (86 ms instead of 7 ms on 5k chunks), so sequential scans are
 -- off inside the function (the client_id btree stays available for small filtered sets); and a
