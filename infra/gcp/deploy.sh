@@ -47,7 +47,8 @@ function_url() {
 # 1. Source folders: main.py + shared/ + requirements.txt written from pyproject.toml.
 python3 "$ROOT/infra/gcp/stage.py" --out "$STAGE_DIR"
 
-# 2. One runtime service account per function, each reading only its own secrets.
+# 2. One runtime service account per function, each reading only its own secrets (its own
+#    DATABASE_URL too: each logs in as its function's database role, nexus_ingest/process/gcal).
 for account in ingest process gcal scheduler; do
   exists gcloud iam service-accounts describe "$(sa "$account")" --project "$PROJECT" ||
     run gcloud iam service-accounts create "$PREFIX-$account" --project "$PROJECT" \
@@ -58,22 +59,22 @@ grant_secret() {  # grant_secret SECRET ACCOUNT
   run gcloud secrets add-iam-policy-binding "$PREFIX-$1" --project "$PROJECT" \
     --member "serviceAccount:$(sa "$2")" --role roles/secretmanager.secretAccessor --condition=None
 }
-grant_secret database-url ingest
+grant_secret database-url-ingest ingest
 grant_secret ingest-api-keys ingest
-grant_secret database-url process
+grant_secret database-url-process process
 grant_secret openai-api-key process
 grant_secret webhook-secret process
-grant_secret database-url gcal
+grant_secret database-url-gcal gcal
 grant_secret token-encryption-key gcal
 
-INGEST_SECRETS="DATABASE_URL=$PREFIX-database-url:latest,NEXUS_INGEST_API_KEYS=$PREFIX-ingest-api-keys:latest"
+INGEST_SECRETS="DATABASE_URL=$PREFIX-database-url-ingest:latest,NEXUS_INGEST_API_KEYS=$PREFIX-ingest-api-keys:latest"
 if exists gcloud secrets describe "$PREFIX-supabase-jwt-secret" --project "$PROJECT"; then
   grant_secret supabase-jwt-secret ingest
   INGEST_SECRETS="$INGEST_SECRETS,SUPABASE_JWT_SECRET=$PREFIX-supabase-jwt-secret:latest"
 fi
-PROCESS_SECRETS="DATABASE_URL=$PREFIX-database-url:latest,OPENAI_API_KEY=$PREFIX-openai-api-key:latest"
+PROCESS_SECRETS="DATABASE_URL=$PREFIX-database-url-process:latest,OPENAI_API_KEY=$PREFIX-openai-api-key:latest"
 PROCESS_SECRETS="$PROCESS_SECRETS,NEXUS_WEBHOOK_SECRET=$PREFIX-webhook-secret:latest"
-GCAL_SECRETS="DATABASE_URL=$PREFIX-database-url:latest"
+GCAL_SECRETS="DATABASE_URL=$PREFIX-database-url-gcal:latest"
 GCAL_SECRETS="$GCAL_SECRETS,NEXUS_TOKEN_ENCRYPTION_KEY=$PREFIX-token-encryption-key:latest"
 PROCESS_ENV="POWERTOOLS_SERVICE_NAME=nexus-process,POWERTOOLS_METRICS_NAMESPACE=NexusWorkers,LOG_LEVEL=INFO"
 

@@ -83,6 +83,10 @@ def test_deploy_dry_run_wires_every_target(tmp_path: Path) -> None:
     deploys = [line for line in done.stdout.splitlines() if line.startswith("+ gcloud functions deploy")]
     entry_points = {line.split("--entry-point ")[1].split()[0] for line in deploys}
     assert {target for targets in TARGETS.values() for target in targets} <= entry_points
+    for line in deploys:  # each function reads its own DATABASE_URL (its own database role)
+        name = line.split("--entry-point ")[1].split()[0]
+        role = {"ingest": "ingest", "refresh": "gcal"}.get(name, "process")
+        assert f"DATABASE_URL=nexus-database-url-{role}:latest" in line, line
     sweep = next(line for line in deploys if "--entry-point sweep" in line)
     assert "--no-allow-unauthenticated" in sweep
     assert all("--runtime python312" in line and "--gen2" in line for line in deploys)

@@ -366,6 +366,14 @@ def test_secrets_are_dynamic_references_never_literals(build: Build) -> None:
         jwt_secret = env.get("SUPABASE_JWT_SECRET") or ""
         assert jwt_secret == "" or jwt_secret.startswith("{{resolve:secretsmanager:"), jwt_secret
     assert seen == SECRET_VARIABLES
+    resources = build.template["Resources"]
+    database_urls = {
+        name: resources[logical_id]["Properties"]["Environment"]["Variables"]["DATABASE_URL"]
+        for name, logical_id in FUNCTIONS.items()
+    }
+    for name, value in database_urls.items():  # each function logs in as its own role
+        key = "database_url_" + {"gcal_refresh": "gcal"}.get(name, name)
+        assert value.endswith(f":SecretString:{key}}}}}"), (name, value)
     ingest_env = build.template["Resources"]["IngestLambdaFunction"]["Properties"]["Environment"]["Variables"]
     assert ingest_env["NEXUS_QUEUE_URL"] == {"Ref": "ProcessQueue"}
     assert "OPENAI_API_KEY" not in ingest_env

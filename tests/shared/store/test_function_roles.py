@@ -1,0 +1,157 @@
+"""Least privilege: each deployed function's database role (migration 20261205000100) does that
+function's whole job through the real store, and nothing of the others' jobs."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.conninfo import make_conninfo
+
+from shared.gcal.store import PostgresTokenStore
+from shared.process.pipeline import Processor
+from shared.providers.embeddings import LocalEmbedder
+from shared.providers.summaries import LocalSummarizer
+from shared.store.database import ConnectionHolder
+from shared.store.postgres import PostgresStore
+
+RUNS = {
+    "nexus_ingest": {"ingest_knowledge_items"},
+    "nexus_process": {
+        "claim_knowledge_items",
+        "finish_knowledge_item",
+        "finish_knowledge_items",
+        "keep_unchanged_chunks",
+        "complete_knowledge_item",
+        "fail_knowledge_item",
+        "release_knowledge_items",
+        "defer_knowledge_items",
+        "find_chunk_embeddings",
+        "save_chunk_embeddings",
+        "find_summaries",
+        "save_summaries",
+        "client_summary_backlog",
+        "clients_with_summary_backlog",
+        "save_client_summary",
+        "index_pending_chunks",
+        "provider_gate",
+        "record_provider_failure",
+        "record_provider_success",
+        "knowledge_schema",
+        "knowledge_status",
+    },
+    "nexus_gcal": {
+        "read_google_token",
+        "list_google_tokens",
+        "put_google_token",
+        "claim_google_token_refresh",
+        "finish_google_token_refresh",
+        "reencrypt_google_token",
+    },
+}
+
+
+@pytest.fixture
+def role_url(db_url: str, db: psycopg.Connection[Any]) -> Iterator[Any]:
+    """The test database's DSN as one of the roles, given a login for the test."""
+    used: list[str] = []
+
+    def url(role: str) -> str:
+        db.execute(f"alter role {role} login")
+        used.append(role)
+        return make_conninfo(db_url, user=role)
+
+    yield url
+    for role in used:
+        db.execute(f"alter role {role} nologin")
+
+
+def item_row(client_id: uuid.UUID, content: str) -> dict[str, Any]:
+    return {"client_id": str(client_id), "source": "roles", "content": content, "metadata": {}}
+
+
+def test_each_role_runs_exactly_its_functions(db: psycopg.Connection[Any]) -> None:
+    for role, expected in RUNS.items():
+        runnable = {
+            row["proname"]
+            for row in db.execute(
+                "select p.proname from pg_proc p join pg_namespace n on n.oid = p.pronamespace "
+                "where n.nspname = 'public' and has_function_privilege(%s, p.oid, 'execute') "
+                # pgvector's own functions (in `public` on a bare Postgres) are everyone's
+                "and not exists (select 1 from pg_depend d where d.objid = p.oid and d.deptype = 'e')",
+                (role,),
+            )
+        }
+        assert runnable == expected, role
+
+
+def test_ingest_stores_items_and_can_do_nothing_else(role_url: Any, db_client: uuid.UUID) -> None:
+    store = PostgresStore(ConnectionHolder(role_url("nexus_ingest")))
+    try:
+        (outcome,) = store.ingest_items([item_row(db_client, "A note the ingest role may store.")])
+        assert outcome.outcome == "created" and outcome.item_id is not None
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            store.claim_items("intruder", 60, 10, 5)
+    finally:
+        store.close()
+    with psycopg.connect(role_url("nexus_ingest"), autocommit=True) as conn:
+        for statement in (
+            "select * from system_config",
+            "select * from knowledge_chunks",
+            "select public.read_google_token('google_oauth_token')",
+            "delete from knowledge_items",
+        ):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(statement)
+
+
+def test_process_does_the_whole_job_and_cannot_read_tokens(
+    role_url: Any, db_client: uuid.UUID, db: psycopg.Connection[Any]
+) -> None:
+    ingest = PostgresStore(ConnectionHolder(role_url("nexus_ingest")))
+    store = PostgresStore(ConnectionHolder(role_url("nexus_process")))
+    try:
+        text = "\n\n".join(f"Paragraph {i}: the process role writes chunks and summaries." for i in range(40))
+        (outcome,) = ingest.ingest_items([item_row(db_client, text)])
+        report = Processor(store, LocalEmbedder(), LocalSummarizer(), chunk_tokens=60).process_ids(
+            [outcome.item_id], 60.0
+        )
+        assert report.done == 1 and report.chunks > 1, report
+        assert store.client_summary(db_client)
+        assert store.status()["counts"].get("done", 0) >= 1
+    finally:
+        ingest.close()
+        store.close()
+    stored = db.execute(
+        "select count(*) as n from knowledge_chunks where knowledge_item_id = %s", (outcome.item_id,)
+    )
+    assert stored.fetchone()["n"] == report.chunks
+    with psycopg.connect(role_url("nexus_process"), autocommit=True) as conn:
+        for statement in (
+            "select * from system_config",
+            "select public.read_google_token('google_oauth_token')",
+            "select * from public.ingest_knowledge_items('[]'::jsonb)",
+            "insert into clients (id) values (gen_random_uuid())",
+        ):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(statement)
+
+
+def test_gcal_keeps_tokens_and_sees_no_knowledge(role_url: Any) -> None:
+    tokens = PostgresTokenStore(ConnectionHolder(role_url("nexus_gcal")))
+    try:
+        tokens.put("google_oauth_token:roles", {"secrets": "ciphertext", "status": "ok"})
+        assert (tokens.read("google_oauth_token:roles") or {}).get("status") == "ok"
+    finally:
+        tokens.close()
+    with psycopg.connect(role_url("nexus_gcal"), autocommit=True) as conn:
+        for statement in (
+            "select * from knowledge_items",
+            "select * from knowledge_chunks",
+            "select * from public.claim_knowledge_items('intruder', 10, 60)",
+        ):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(statement)
