@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from shared.errors import ConfigError
 
@@ -21,7 +21,9 @@ ENV_VARS: dict[str, str] = {
     "DATABASE_URL": "database_url",
     "SUPABASE_URL": "supabase_url",
     "SUPABASE_SERVICE_ROLE_KEY": "supabase_service_role_key",
+    "SUPABASE_SECRET_KEY": "supabase_secret_key",
     "SUPABASE_JWT_SECRET": "supabase_jwt_secret",
+    "SUPABASE_JWKS_URL": "supabase_jwks_url",
     "NEXUS_INGEST_API_KEYS": "ingest_api_keys",
     "NEXUS_WEBHOOK_SECRET": "webhook_secret",
     "NEXUS_QUEUE_URL": "queue_url",
@@ -59,8 +61,15 @@ class Settings(BaseModel):
 
     database_url: str | None = None
     supabase_url: str | None = None
-    supabase_service_role_key: str | None = Field(default=None, repr=False)
+    # A secret key (`sb_secret_…`), Supabase's name for the server key since its new API keys.
+    supabase_secret_key: str | None = Field(default=None, repr=False)
+    # The server key PostgREST calls carry: the legacy service_role JWT or a secret key, from
+    # SUPABASE_SERVICE_ROLE_KEY, else SUPABASE_SECRET_KEY (both set must be the same key).
+    supabase_service_role_key: str | None = Field(default=None, repr=False, validate_default=True)
     supabase_jwt_secret: str | None = Field(default=None, repr=False)
+    # Where ingest reads the project's public signing keys (ES256/RS256 user JWTs); by default
+    # <SUPABASE_URL>/auth/v1/.well-known/jwks.json.
+    supabase_jwks_url: str | None = None
     ingest_api_keys: tuple[str, ...] = Field(default=(), repr=False)
     webhook_secret: str | None = Field(default=None, repr=False)
     queue_url: str | None = None
@@ -99,6 +108,20 @@ class Settings(BaseModel):
             return tuple(key.strip() for key in value.split(",") if key.strip())
         return value
 
+    @field_validator("supabase_secret_key")
+    @classmethod
+    def _secret_key_is_a_server_key(cls, value: str | None) -> str | None:
+        return _server_key(value)
+
+    @field_validator("supabase_service_role_key")
+    @classmethod
+    def _one_server_key(cls, value: str | None, info: ValidationInfo) -> str | None:
+        value = _server_key(value)
+        secret_key = info.data.get("supabase_secret_key")
+        if value and secret_key and value != secret_key:
+            raise ValueError("it differs from SUPABASE_SECRET_KEY; set one of them, or both to the same key")
+        return value or secret_key
+
     @field_validator("chunk_overlap")
     @classmethod
     def _overlap_below_chunk(cls, value: int, info: object) -> int:
@@ -117,6 +140,17 @@ class Settings(BaseModel):
     @property
     def home_path(self) -> Path:
         return Path(self.home).expanduser().resolve()
+
+
+def _server_key(value: str | None) -> str | None:
+    """A Supabase key the store may call PostgREST with: a publishable key is refused (it runs as
+    `anon`, which may call none of the store's functions)."""
+    if value and value.startswith("sb_publishable_"):
+        raise ValueError(
+            "a publishable key (sb_publishable_…) is not a server key; "
+            "use a secret key (sb_secret_…) or the legacy service_role key"
+        )
+    return value
 
 
 def _read_dotenv_files(directory: Path) -> dict[str, str]:

@@ -1,10 +1,16 @@
-"""Who is calling: bearer API keys (`NEXUS_INGEST_API_KEYS`) and Supabase JWTs (`SUPABASE_JWT_SECRET`).
+"""Who is calling: bearer API keys (`NEXUS_INGEST_API_KEYS`) and Supabase JWTs.
 
-Keys are compared in constant time against every configured key. A JWT with role
-`service_role` may write for any client; role `authenticated` only for the `client_id` claim
-(top level or in `app_metadata`). `exp`, `nbf` and `iat` are checked with 30 s of leeway for
-clock skew. A validly signed token whose claims are malformed (role not a string, app_metadata
-not an object, client_id not a UUID string) is a 401, like a bad signature.
+Keys are compared in constant time against every configured key. Supabase JWTs are verified
+either with the legacy shared secret (`SUPABASE_JWT_SECRET`, HS256) or, for ES256 and RS256
+tokens, with the project's published signing keys (`SUPABASE_URL`, or `SUPABASE_JWKS_URL`;
+`shared.http.jwks` fetches and keeps them). A token's `alg` header picks the path, and each path
+accepts only its own algorithms: `none` never, HS256 only with the secret.
+
+A JWT with role `service_role` may write for any client; role `authenticated` only for the
+`client_id` claim (top level or in `app_metadata`). `exp` is required; `exp`, `nbf` and `iat` are
+checked with 30 s of leeway for clock skew. A validly signed token whose claims are malformed
+(role not a string, app_metadata not an object, client_id not a UUID string) is a 401, like a
+bad signature. Signing keys that cannot be fetched are a 503 with `retry-after`.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from typing import Any
 
 from shared.config import Settings
 from shared.errors import ConfigError
+from shared.http.jwks import ASYMMETRIC_ALGORITHMS, JwksUnavailable, project_jwks_url, signing_keys
 from shared.http.problems import ProblemError
 
 _CHALLENGE = {"www-authenticate": 'Bearer realm="nexus"'}
@@ -56,19 +63,23 @@ def matches_any_secret(token: str, secrets: tuple[str, ...]) -> bool:
 
 
 def authenticate(authorization: str | None, settings: Settings) -> Principal:
-    """Return the caller for an Authorization header, or raise a 401 problem."""
-    if not settings.ingest_api_keys and not settings.supabase_jwt_secret:
-        raise ConfigError("NEXUS_INGEST_API_KEYS (or SUPABASE_JWT_SECRET) must be set for ingest.")
+    """Return the caller for an Authorization header, or raise a 401 problem (a 503 one when the
+    project's signing keys cannot be fetched)."""
+    has_signing_keys = bool(settings.supabase_jwks_url or settings.supabase_url)
+    if not settings.ingest_api_keys and not settings.supabase_jwt_secret and not has_signing_keys:
+        raise ConfigError(
+            "NEXUS_INGEST_API_KEYS (or SUPABASE_JWT_SECRET, or SUPABASE_URL for the project's "
+            "signing keys) must be set for ingest."
+        )
     token = bearer_token(authorization)
     if matches_any_secret(token, settings.ingest_api_keys):
         return Principal("api_key")
-    if settings.supabase_jwt_secret and token.count(".") == 2:
-        return _principal_from_jwt(token, settings.supabase_jwt_secret)
+    if (settings.supabase_jwt_secret or has_signing_keys) and token.count(".") == 2:
+        return _principal_from_claims(_verified_claims(token, settings))
     raise _unauthorized("The bearer key is not valid.")
 
 
-def _principal_from_jwt(token: str, secret: str) -> Principal:
-    claims = _verified_claims(token, secret)
+def _principal_from_claims(claims: dict[str, Any]) -> Principal:
     role = claims.get("role")
     if not isinstance(role, str):
         raise _unauthorized("The JWT role claim is missing or not a string.")
@@ -84,16 +95,52 @@ def _principal_from_jwt(token: str, secret: str) -> Principal:
     raise ProblemError(403, f"The JWT role {role!r} may not ingest items.", slug="forbidden")
 
 
-def _verified_claims(token: str, secret: str) -> dict[str, Any]:
-    """The claims of an HS256 token signed with `secret`; `exp` is required, and exp/nbf/iat
-    are checked with `JWT_LEEWAY_SECONDS` of tolerance for clock skew."""
+def _verified_claims(token: str, settings: Settings) -> dict[str, Any]:
+    """The claims of a token signed with the project's signing key its `kid` names (ES256, RS256),
+    or with `SUPABASE_JWT_SECRET` (HS256)."""
+    import jwt
+
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.PyJWTError:
+        raise _unauthorized("The bearer key is not valid.") from None
+    jwks_url = project_jwks_url(settings) if header.get("alg") in ASYMMETRIC_ALGORITHMS else None
+    if jwks_url:
+        key = _signing_key(header.get("kid"), jwks_url)
+        return _decoded(token, key.key, [key.algorithm_name])  # only the key's own algorithm
+    if settings.supabase_jwt_secret:
+        return _decoded(token, settings.supabase_jwt_secret, ["HS256"])
+    raise _unauthorized("The bearer key is not valid.")
+
+
+def _signing_key(kid: object, jwks_url: str) -> Any:
+    """The project's public key named `kid` (a `jwt.PyJWK`); a 401 problem when the project does not
+    publish one by that name, a 503 one when its keys cannot be fetched."""
+    if not isinstance(kid, str) or not kid:
+        raise _unauthorized("The JWT does not name its signing key (kid).")
+    try:
+        key = signing_keys(jwks_url).key_for(kid)
+    except JwksUnavailable as exc:
+        raise ProblemError(
+            503,
+            "The project's signing keys could not be fetched from Supabase; retry the request.",
+            headers={"retry-after": str(exc.retry_after_s)},
+        ) from None
+    if key is None:
+        raise _unauthorized("The JWT is signed with a key the project does not publish.")
+    return key
+
+
+def _decoded(token: str, key: Any, algorithms: list[str]) -> dict[str, Any]:
+    """The claims of `token` if signed with `key` by one of `algorithms`; `exp` is required, and
+    exp/nbf/iat are checked with `JWT_LEEWAY_SECONDS` of tolerance for clock skew."""
     import jwt
 
     try:
         return jwt.decode(
             token,
-            secret,
-            algorithms=["HS256"],
+            key,
+            algorithms=algorithms,
             leeway=JWT_LEEWAY_SECONDS,
             options={"verify_aud": False, "require": ["exp"]},
         )

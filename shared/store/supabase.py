@@ -1,6 +1,11 @@
 """The PostgREST backend: used when `DATABASE_URL` is absent but `SUPABASE_URL` and
-`SUPABASE_SERVICE_ROLE_KEY` are set. It calls only SQL functions from the migrations, via `rpc`,
-so both backends run the same SQL and give the same results.
+`SUPABASE_SERVICE_ROLE_KEY` (or `SUPABASE_SECRET_KEY`) are set. It calls only SQL functions from the
+migrations, via `rpc`, so both backends run the same SQL and give the same results.
+
+The key is the project's server key, in either of Supabase's forms: the legacy `service_role` JWT,
+sent as `apikey` and as the bearer token, or a secret key (`sb_secret_…`), which is not a JWT and
+goes in `apikey` only (Supabase's gateway then calls PostgREST with a `service_role` JWT of its
+own). A publishable key (`sb_publishable_…`) is refused: it runs as `anon`.
 
 Failures map to one sentence naming what to fix: an unreachable Supabase or a transient database
 error is `DatabaseUnavailable` (503, retry); a rejected key or missing function is a `ConfigError`
@@ -31,6 +36,8 @@ __all__ = ["DEFAULT_MAX_ROWS", "SupabaseError", "SupabaseStore"]
 CONNECT_TIMEOUT_S = 10
 REQUEST_TIMEOUT_S = 60
 DEFAULT_MAX_ROWS = 1000  # Supabase's db-max-rows
+SECRET_KEY_PREFIX = "sb_secret_"
+PUBLISHABLE_KEY_PREFIX = "sb_publishable_"
 
 # "Try again": PostgREST cannot reach the database (or its pool), or the database failed
 # transiently (connection, serialisation or deadlock, resources, operator intervention).
@@ -56,6 +63,11 @@ class SupabaseStore(SqlFunctionStore):
     ) -> None:
         if max_rows < 1:
             raise ValueError("max_rows must be at least 1.")
+        if service_role_key.startswith(PUBLISHABLE_KEY_PREFIX):
+            raise ConfigError(
+                "SUPABASE_SERVICE_ROLE_KEY holds a publishable key (sb_publishable_…), not a server key; "
+                "use a secret key (sb_secret_…) or the legacy service_role key."
+            )
         self.max_rows = max_rows
         self._http: Any = None
         if client is None:
@@ -69,7 +81,13 @@ class SupabaseStore(SqlFunctionStore):
 
         # Our own httpx client: supabase-py's default passes a deprecated `timeout` to postgrest
         # (a DeprecationWarning per client) and waits 120 s; this one is bounded and closable.
-        self._http = httpx.Client(timeout=httpx.Timeout(REQUEST_TIMEOUT_S, connect=CONNECT_TIMEOUT_S))
+        # supabase-py sends its key as the bearer token too; a secret key must not be (not a JWT).
+        hooks = (
+            {"request": [_bearer_key_remover(service_role_key)]} if _is_secret_key(service_role_key) else {}
+        )
+        self._http = httpx.Client(
+            timeout=httpx.Timeout(REQUEST_TIMEOUT_S, connect=CONNECT_TIMEOUT_S), event_hooks=hooks
+        )
         options = ClientOptions(
             httpx_client=self._http,
             storage=SyncMemoryStorage(),
@@ -118,6 +136,22 @@ class SupabaseStore(SqlFunctionStore):
         return self.rpc(function, _json_arguments(arguments))
 
 
+def _is_secret_key(key: str) -> bool:
+    """True for Supabase's new secret keys, which are not JWTs (the legacy service_role key is)."""
+    return key.startswith(SECRET_KEY_PREFIX)
+
+
+def _bearer_key_remover(key: str) -> Any:
+    """An httpx request hook that drops `Authorization: Bearer <key>` (the key stays in `apikey`)."""
+    bearer = f"Bearer {key}"
+
+    def remove(request: Any) -> None:
+        if request.headers.get("authorization") == bearer:
+            del request.headers["authorization"]
+
+    return remove
+
+
 def _api_error(function: str, exc: Any) -> NexusError:
     """Map a PostgREST error to the exception callers act on; log PostgREST's own words."""
     from shared.logs import get_logger
@@ -134,7 +168,8 @@ def _api_error(function: str, exc: Any) -> NexusError:
     if (not code and "api key" in str(exc.message or "").lower()) or code in ("401", "403", "42501"):
         return ConfigError(
             f"Supabase refused the key calling {function}; "
-            "check that SUPABASE_SERVICE_ROLE_KEY is the project's service_role (secret) key."
+            "check that SUPABASE_SERVICE_ROLE_KEY (or SUPABASE_SECRET_KEY) is the project's "
+            "service_role key or a secret key (sb_secret_…)."
         )
     if code.startswith("PGRST3"):  # PostgREST's JWT errors
         return ConfigError(f"Supabase refused SUPABASE_SERVICE_ROLE_KEY calling {function} ({code}).")

@@ -53,8 +53,9 @@ FUNCTIONS = {
     f.name: "".join(part.title() for part in f.name.split("_")) + "LambdaFunction" for f in SHARED_FUNCTIONS
 }
 # Unzipped bounds: the measured sizes plus ~15% for dependency growth (see docs/deploy.md).
-# Ingest cannot reach 15 MB: psycopg-binary alone is 13.4 MB (libpq, OpenSSL, Kerberos, LDAP).
-MAX_UNZIPPED_MB = {"ingest": 39, "process": 54, "gcal_refresh": 66}
+# Ingest cannot reach 15 MB: psycopg-binary (libpq, OpenSSL, Kerberos, LDAP) alone exceeds it, and
+# cryptography (Supabase's ES256/RS256 user JWTs) comes on top; the parts' sizes are in docs/deploy.md.
+MAX_UNZIPPED_MB = {"ingest": 58, "process": 54, "gcal_refresh": 66}
 LAMBDA_UNZIPPED_LIMIT_MB = 250
 # The same flags as serverless.yml's `custom.pipArgs.arm64`, for filling the wheelhouse.
 ARM64_WHEEL_ARGS = [
@@ -376,6 +377,7 @@ def test_secrets_are_dynamic_references_never_literals(build: Build) -> None:
         assert value.endswith(f":SecretString:{key}}}}}"), (name, value)
     ingest_env = build.template["Resources"]["IngestLambdaFunction"]["Properties"]["Environment"]["Variables"]
     assert ingest_env["NEXUS_QUEUE_URL"] == {"Ref": "ProcessQueue"}
+    assert ingest_env["SUPABASE_URL"] == ""  # the `supabaseUrl` stage parameter: off by default
     assert "OPENAI_API_KEY" not in ingest_env
 
 
@@ -450,13 +452,12 @@ def test_ingest_carries_no_openai_tiktoken_or_google(build: Build) -> None:
         "tiktoken",
         "tiktoken_ext",
         "google",
-        "cryptography",
         "httpx",
         "boto3",
         "botocore",
     ):
         assert forbidden not in top, forbidden
-    assert {"shared", "mangum", "jwt", "psycopg", "psycopg_binary"} <= top
+    assert {"shared", "mangum", "jwt", "cryptography", "psycopg", "psycopg_binary"} <= top
 
 
 def test_process_zip_carries_the_cl100k_file(build: Build) -> None:

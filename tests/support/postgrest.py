@@ -13,7 +13,12 @@ against the SQL in the migrations:
   function returning one composite, the JSON value itself for a scalar, 204 for `void`; errors are
   PostgREST's `{"code", "message", "details", "hint"}` with its SQLSTATE → HTTP status mapping;
 - `max_rows` is PostgREST's `db-max-rows` (1000 on Supabase): a set-returning function runs in
-  full, but only its first `max_rows` rows are answered, the rest dropped without notice.
+  full, but only its first `max_rows` rows are answered, the rest dropped without notice;
+- `api_key_gateway=True` checks the new API keys (`sb_publishable_…`, `sb_secret_…`) the way
+  Supabase documents its hosted gateway: every request needs an `apikey`; a new key is not a JWT,
+  so as a bearer token it is refused by the gateway, or (when it equals `apikey`) passed on to
+  PostgREST, which refuses it as not a JWT; a secret key from a browser is refused. A request with
+  a new key in `apikey` and no bearer token runs as that key's role (the gateway's own JWT).
 """
 
 from __future__ import annotations
@@ -87,13 +92,18 @@ select p.proretset as returns_set,
 """
 
 
+NEW_KEY_PREFIXES = ("sb_publishable_", "sb_secret_")
+
+
 @dataclass(frozen=True)
 class RpcCall:
-    """One request the server answered: which function, as which role, with which status."""
+    """One request the server answered: which function, as which role, with which status, and
+    which of the credential headers (`apikey`, `authorization`) it carried."""
 
     function: str
     role: str | None
     status: int
+    credentials: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -139,6 +149,7 @@ class PostgrestStandIn:
     `keys` maps each accepted API key (sent as `Authorization: Bearer` or `apikey`) to the role
     its calls run as. `url` is what `SUPABASE_URL` would be (the REST API is under `/rest/v1`).
     `max_rows` caps the rows of a set-returning function's answer (None: no cap).
+    `api_key_gateway` checks the new API keys as Supabase's hosted gateway does (module docstring).
     """
 
     def __init__(
@@ -148,11 +159,13 @@ class PostgrestStandIn:
         *,
         schema: str = "public",
         max_rows: int | None = DEFAULT_MAX_ROWS,
+        api_key_gateway: bool = False,
     ) -> None:
         self.dsn = dsn
         self.keys = dict(keys)
         self.schema = schema
         self.max_rows = max_rows
+        self.api_key_gateway = api_key_gateway
         self.calls: list[RpcCall] = []
         self._lock = threading.Lock()
         self._idle: list[psycopg.Connection[Any]] = []
@@ -204,7 +217,7 @@ class PostgrestStandIn:
     def answer(self, method: str, path: str, headers: Mapping[str, str], body: bytes) -> Reply:
         """The reply Supabase's gateway and PostgREST would give; records the call."""
         match = RPC_PATH.match(path)
-        role = self._role(headers)
+        role = (self.api_key_gateway and _gateway_refusal(headers, self.keys)) or self._role(headers)
         if match is None:
             reply = error_reply(404, "PGRST125", f"Invalid path specified in request URL: {path}")
         elif method != "POST":
@@ -219,6 +232,7 @@ class PostgrestStandIn:
                     match["function"] if match else path,
                     role if isinstance(role, str) else None,
                     reply.status,
+                    frozenset(name for name in ("apikey", "authorization") if headers.get(name)),
                 )
             )
         return reply
@@ -331,6 +345,36 @@ class PostgrestStandIn:
             return
         with self._lock:
             self._idle.append(conn)
+
+
+def _gateway_reply(message: str, hint: str) -> Reply:
+    """A refusal by Supabase's API gateway: a message and a hint, no PostgREST `code`."""
+    body = json.dumps({"message": message, "hint": hint}).encode()
+    return Reply(401, body, (("Content-Type", "application/json; charset=utf-8"),))
+
+
+def _gateway_refusal(headers: Mapping[str, str], keys: Mapping[str, str]) -> Reply | None:
+    """What Supabase's hosted gateway answers before PostgREST sees the request, if anything:
+    its documented rules for the new API keys (see the module docstring)."""
+    apikey = headers.get("apikey", "")
+    authorization = headers.get("authorization", "")
+    token = authorization[7:].strip() if authorization.lower().startswith("bearer ") else ""
+    if not apikey:
+        return _gateway_reply(
+            "No API key found in request", "No `apikey` request header or url param was found."
+        )
+    if apikey.startswith("sb_secret_") and "mozilla" in headers.get("user-agent", "").lower():
+        return _gateway_reply(
+            "Forbidden use of secret API key in browser", "Secret API keys are for servers only."
+        )
+    if token.startswith(NEW_KEY_PREFIXES):
+        if token != apikey:
+            return _gateway_reply(
+                "Invalid authorization header", "An API key is not a JWT; send it as `apikey`."
+            )
+        if apikey in keys:  # passed on as it came; PostgREST expects a JWT
+            return error_reply(401, "PGRST301", "JWSError (CompactDecodeError Invalid number of parts)")
+    return None
 
 
 def _describe(row: dict[str, Any]) -> _Function:

@@ -628,3 +628,134 @@ def test_back_off_deferral_and_kept_summaries_behave_the_same_on_both_backends(
     assert backend.save_summaries({key: "kept"}) == 1
     assert backend.find_summaries([key, "unknown"]) == {key: "kept"}
     assert backend.schema_facts() == {"embedding_dimensions": 1536}
+
+
+# --- Supabase's API keys: the legacy service_role JWT and the new secret keys ---
+
+PUBLISHABLE_KEY = "sb_publishable_Q9pXl2Vt0rUu3-cY6hN0dg_a1b2c3d4"
+GATEWAY_KEYS = {**KEYS, PUBLISHABLE_KEY: "anon"}
+
+
+@pytest.fixture
+def gateway(pg_url: str) -> Iterator[PostgrestStandIn]:
+    """PostgREST behind a gateway that checks the new API keys as Supabase's hosted one does."""
+    with PostgrestStandIn(pg_url, GATEWAY_KEYS, api_key_gateway=True) as server:
+        yield server
+
+
+@pytest.mark.parametrize(
+    ("key", "sent"),
+    [(SECRET_KEY, {"apikey"}), (SERVICE_ROLE_KEY, {"apikey", "authorization"})],
+    ids=["secret-key", "legacy-service-role-jwt"],
+)
+def test_each_kind_of_server_key_is_sent_as_supabase_expects(
+    gateway: PostgrestStandIn, admin: psycopg.Connection[Any], client_id: uuid.UUID, key: str, sent: set[str]
+) -> None:
+    store = SupabaseStore(gateway.url, key)
+    try:
+        (outcome,) = store.ingest_items([row(client_id)])
+        store.status()
+    finally:
+        store.close()
+    assert outcome.outcome == "created" and count_items(admin, client_id) == 1
+    assert [(c.function, c.role, c.status, c.credentials) for c in gateway.calls] == [
+        ("ingest_knowledge_items", "service_role", 200, frozenset(sent)),
+        ("knowledge_status", "service_role", 200, frozenset(sent)),
+    ]
+
+
+def test_gateway_stand_in_refuses_a_new_key_as_a_bearer_token(gateway: PostgrestStandIn) -> None:
+    """Why the store sends a secret key in `apikey` only: a new key is not a JWT."""
+    rpc = f"{gateway.url}/rest/v1/rpc/knowledge_status"
+    with httpx.Client() as http:
+        both = http.post(
+            rpc, json={}, headers={"apikey": SECRET_KEY, "authorization": f"Bearer {SECRET_KEY}"}
+        )
+        bearer_only = http.post(rpc, json={}, headers={"authorization": f"Bearer {SECRET_KEY}"})
+        mixed = http.post(
+            rpc, json={}, headers={"apikey": PUBLISHABLE_KEY, "authorization": f"Bearer {SECRET_KEY}"}
+        )
+        browser = http.post(rpc, json={}, headers={"apikey": SECRET_KEY, "user-agent": "Mozilla/5.0 (X11)"})
+        apikey_only = http.post(rpc, json={}, headers={"apikey": SECRET_KEY})
+        publishable = http.post(rpc, json={}, headers={"apikey": PUBLISHABLE_KEY})
+    assert (both.status_code, both.json()["code"]) == (401, "PGRST301")
+    assert (bearer_only.status_code, bearer_only.json()["message"]) == (401, "No API key found in request")
+    assert (mixed.status_code, mixed.json()["message"]) == (401, "Invalid authorization header")
+    assert browser.status_code == 401 and "browser" in browser.json()["message"]
+    assert apikey_only.status_code == 200
+    assert (publishable.status_code, publishable.json()["code"]) == (401, "42501")  # anon may not
+
+
+def test_ingest_function_runs_on_supabase_secret_key_alone(
+    function_env: pytest.MonkeyPatch,
+    gateway: PostgrestStandIn,
+    admin: psycopg.Connection[Any],
+    client_id: uuid.UUID,
+) -> None:
+    function_env.delenv("DATABASE_URL")
+    function_env.setenv("SUPABASE_URL", gateway.url)
+    function_env.setenv("SUPABASE_SECRET_KEY", SECRET_KEY)
+    reset_settings()
+    module = load_function("ingest")
+    try:
+        body = {"client_id": str(client_id), "source": "notes/a.md", "content": "Text."}
+        status, _, created = call(module, url_event(body))
+    finally:
+        if isinstance(module.endpoint.store, SupabaseStore):
+            module.endpoint.store.close()
+    assert status == 201, created
+    assert [(c.function, c.role, c.credentials) for c in gateway.calls] == [
+        ("ingest_knowledge_items", "service_role", frozenset({"apikey"}))
+    ]
+    assert count_items(admin, client_id) == 1
+
+
+@pytest.mark.parametrize(
+    ("environ", "named"),
+    [
+        (
+            {"SUPABASE_SERVICE_ROLE_KEY": PUBLISHABLE_KEY},
+            "SUPABASE_SERVICE_ROLE_KEY is invalid: a publishable key",
+        ),
+        ({"SUPABASE_SECRET_KEY": PUBLISHABLE_KEY}, "SUPABASE_SECRET_KEY is invalid: a publishable key"),
+        (
+            {"SUPABASE_SERVICE_ROLE_KEY": SERVICE_ROLE_KEY, "SUPABASE_SECRET_KEY": SECRET_KEY},
+            "SUPABASE_SERVICE_ROLE_KEY is invalid: it differs from SUPABASE_SECRET_KEY",
+        ),
+    ],
+    ids=["publishable-as-service-role-key", "publishable-as-secret-key", "both-set-differently"],
+)
+def test_a_key_that_is_not_one_server_key_is_refused_in_one_sentence(
+    environ: dict[str, str], named: str
+) -> None:
+    from shared.config import load_settings
+
+    with pytest.raises(ConfigError) as raised:
+        load_settings({"SUPABASE_URL": "https://abc.supabase.co", **environ})
+    message = str(raised.value)
+    assert message.startswith(named) and message.count(".") == 1 and message.endswith(".")
+    assert PUBLISHABLE_KEY not in message and SECRET_KEY not in message
+
+
+@pytest.mark.parametrize(
+    "environ",
+    [
+        {"SUPABASE_SECRET_KEY": SECRET_KEY},
+        {"SUPABASE_SERVICE_ROLE_KEY": SECRET_KEY},
+        {"SUPABASE_SERVICE_ROLE_KEY": SECRET_KEY, "SUPABASE_SECRET_KEY": SECRET_KEY},
+    ],
+    ids=["secret-key-variable", "secret-key-in-service-role-variable", "both-the-same"],
+)
+def test_either_variable_holds_the_server_key(environ: dict[str, str]) -> None:
+    from shared.config import load_settings
+    from shared.store.backends import SUPABASE, store_backend
+
+    settings = load_settings({"SUPABASE_URL": "https://abc.supabase.co", **environ})
+    assert settings.supabase_service_role_key == SECRET_KEY
+    assert store_backend(settings) == SUPABASE
+
+
+def test_store_refuses_a_publishable_key(gateway: PostgrestStandIn) -> None:
+    with pytest.raises(ConfigError, match=r"^SUPABASE_SERVICE_ROLE_KEY holds a publishable key"):
+        SupabaseStore(gateway.url, PUBLISHABLE_KEY)
+    assert gateway.calls == []
