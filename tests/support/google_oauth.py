@@ -26,10 +26,11 @@ import threading
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
-from typing import Any, Self
+from http.server import BaseHTTPRequestHandler
+from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
+
+from tests.support.local_http import AppServer, LocalHttpServer
 
 CLIENT_ID = "nexus-test-client.apps.googleusercontent.com"
 CLIENT_SECRET = "GOCSPX-test-client-secret-0123456789"
@@ -51,8 +52,10 @@ class _Fault:
     delay_s: float = 0.0
 
 
-class GoogleOAuthServer:
+class GoogleOAuthServer(LocalHttpServer):
     """Serves `/auth` and `/token` from a thread; use as a context manager."""
+
+    thread_name = "google-oauth-stand-in"
 
     def __init__(
         self, client_id: str = CLIENT_ID, client_secret: str = CLIENT_SECRET, expires_in: int = 3599
@@ -72,16 +75,12 @@ class GoogleOAuthServer:
         self._hold: threading.Event | None = None
         self._stopping = threading.Event()
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
     # --- lifecycle ---
 
     @property
     def base_url(self) -> str:
-        assert self._server is not None, "start the server first"
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
+        return self.url
 
     @property
     def token_uri(self) -> str:
@@ -91,35 +90,10 @@ class GoogleOAuthServer:
     def auth_uri(self) -> str:
         return f"{self.base_url}/auth"
 
-    def start(self) -> Self:
-        server = _Server(("127.0.0.1", 0), _Handler)
-        server.app = self
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="google-oauth-stand-in"
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
+    def _before_stop(self) -> None:
         self._stopping.set()
         if self._hold is not None:
             self._hold.set()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()  # joins the request threads
-            self._server = None
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     # --- arranging ---
 
@@ -247,14 +221,8 @@ class GoogleOAuthServer:
         return body
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = False  # server_close() joins every request thread
-    block_on_close = True
-    app: GoogleOAuthServer
-
-
 class _Handler(BaseHTTPRequestHandler):
-    server: _Server
+    server: AppServer
 
     def do_GET(self) -> None:
         parts = urlsplit(self.path)
@@ -325,3 +293,6 @@ def authorized_user_info(
     if scopes is not None:
         info["scopes"] = scopes
     return info
+
+
+GoogleOAuthServer.handler = _Handler

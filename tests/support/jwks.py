@@ -18,13 +18,14 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
-from typing import Any, Self
+from http.server import BaseHTTPRequestHandler
+from typing import Any
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+
+from tests.support.local_http import AppServer, LocalHttpServer
 
 JWKS_PATH = "/auth/v1/.well-known/jwks.json"
 
@@ -64,23 +65,16 @@ def new_key(algorithm: str = "ES256", kid: str | None = None) -> SigningKey:
     return SigningKey(kid or str(uuid.uuid4()), algorithm, private)
 
 
-class JwksServer:
+class JwksServer(LocalHttpServer):
     """Publishes signing keys over HTTP on 127.0.0.1; use as a context manager."""
+
+    thread_name = "jwks-server"
 
     def __init__(self, *keys: SigningKey) -> None:
         self._keys = list(keys)
         self.status = 200
         self.fetches = 0
         self._lock = threading.Lock()
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
-
-    @property
-    def url(self) -> str:
-        """What `SUPABASE_URL` would be."""
-        assert self._server is not None, "start the server first"
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
 
     @property
     def jwks_url(self) -> str:
@@ -103,42 +97,9 @@ class JwksServer:
                 return self.status, b'{"message":"upstream error"}'
             return 200, json.dumps({"keys": [key.public_jwk() for key in self._keys]}).encode()
 
-    def start(self) -> Self:
-        server = _Server(("127.0.0.1", 0), _Handler)
-        server.app = self
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="jwks-server", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = False
-    block_on_close = True
-    app: JwksServer
-
 
 class _Handler(BaseHTTPRequestHandler):
-    server: _Server
+    server: AppServer
     protocol_version = "HTTP/1.0"
 
     def do_GET(self) -> None:
@@ -154,3 +115,6 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         """Quiet: tests assert on `JwksServer.fetches` instead."""
+
+
+JwksServer.handler = _Handler

@@ -28,13 +28,14 @@ import re
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
-from typing import Any, Self
+from http.server import BaseHTTPRequestHandler
+from typing import Any
 
 import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
+
+from tests.support.local_http import AppServer, LocalHttpServer
 
 DEFAULT_MAX_ROWS = 1000  # Supabase's db-max-rows
 RPC_PATH = re.compile(r"^/rest/v1/rpc/(?P<function>[^/?#]+)/?(?:\?.*)?$")
@@ -143,7 +144,7 @@ def status_for_sqlstate(sqlstate: str, role: str) -> int:
     return _EXACT_STATUS.get(sqlstate) or _CLASS_STATUS.get(sqlstate[:2], 400)
 
 
-class PostgrestStandIn:
+class PostgrestStandIn(LocalHttpServer):
     """Serves PostgREST's `rpc` over HTTP on 127.0.0.1; use as a context manager.
 
     `keys` maps each accepted API key (sent as `Authorization: Bearer` or `apikey`) to the role
@@ -151,6 +152,8 @@ class PostgrestStandIn:
     `max_rows` caps the rows of a set-returning function's answer (None: no cap).
     `api_key_gateway` checks the new API keys as Supabase's hosted gateway does (module docstring).
     """
+
+    thread_name = "postgrest-stand-in"
 
     def __init__(
         self,
@@ -169,48 +172,12 @@ class PostgrestStandIn:
         self.calls: list[RpcCall] = []
         self._lock = threading.Lock()
         self._idle: list[psycopg.Connection[Any]] = []
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
-    @property
-    def url(self) -> str:
-        assert self._server is not None, "start the server first"
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
-
-    def start(self) -> Self:
-        server = _Server(("127.0.0.1", 0), _Handler)
-        server.app = self
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name="postgrest-stand-in",
-            daemon=True,
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()  # joins the request threads (block_on_close)
-            self._server = None
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+    def _after_stop(self) -> None:
         with self._lock:
             idle, self._idle = self._idle, []
         for conn in idle:
             conn.close()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     # --- one request ---
 
@@ -439,14 +406,8 @@ def _database_error(exc: psycopg.Error, role: str) -> Reply:
     )
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = False  # so server_close() waits for every request to finish
-    block_on_close = True
-    app: PostgrestStandIn
-
-
 class _Handler(BaseHTTPRequestHandler):
-    server: _Server
+    server: AppServer
     protocol_version = "HTTP/1.0"  # one request per connection: nothing lingers after stop()
 
     def _serve(self) -> None:
@@ -466,3 +427,6 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         """Quiet: tests assert on `PostgrestStandIn.calls` instead."""
+
+
+PostgrestStandIn.handler = _Handler
