@@ -26,12 +26,15 @@ from shared.logs import get_logger
 from shared.process.budgets import (
     CHARS_PER_TOKEN,
     INDEX_AFTER_ITEM_S,
+    INDEX_BUILD_LEASE_MAX_S,
+    INDEX_BUILD_MIN_ROWS,
     ITEM_CHUNK_MIN_S,
     SWEEP_RESERVE_S,
     calls_deadline,
     claim_size,
     countdown,
     index_batch_rows,
+    index_build_rows,
     index_time_s,
     is_local,
     lease_s,
@@ -231,7 +234,7 @@ class Processor(ClaimStages, ItemOutcomes):
         per row so the last one ends in time. Search is exact for chunks not yet moved, so this
         only keeps it fast; a failure is logged and left to the next run."""
         started = time.monotonic()
-        indexed = 0
+        indexed = self._build_index(index_time_s(remaining_s(), budget_s, 0.0))
         per_row_s: float | None = None
         while True:
             left = index_time_s(remaining_s(), budget_s, time.monotonic() - started)
@@ -249,6 +252,24 @@ class Processor(ClaimStages, ItemOutcomes):
                 break
             per_row_s = max((time.monotonic() - batch_started) / moved, 1e-6)
         return indexed
+
+    def _build_index(self, left_s: float) -> int:
+        """Rebuild the vector index in bulk when most chunks wait for it and the rebuild fits in
+        `left_s` (`budgets.index_build_rows`); returns the rows it brought in (0: none, or rows
+        are better moved one by one)."""
+        max_rows = index_build_rows(left_s)
+        if not max_rows:
+            return 0
+        try:
+            built = self.store.build_vector_index(
+                self.worker, lease_s(min(left_s, INDEX_BUILD_LEASE_MAX_S)), INDEX_BUILD_MIN_ROWS, max_rows
+            )
+        except NexusError as exc:
+            self.logger.warning("the vector index was not rebuilt", extra={"error": str(exc)})
+            return 0
+        if built is not None:
+            self.logger.info("vector index rebuilt", extra={"rows_added": built})
+        return built or 0
 
     # -- the pipeline -------------------------------------------------------------------------
 

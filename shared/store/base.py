@@ -177,6 +177,11 @@ class SqlFunctionStore:
     def index_chunks(self, max_rows: int) -> int:
         return int(self._value("index_pending_chunks", {"max_rows": max_rows}) or 0)
 
+    def build_vector_index(self, worker: str, lease_s: float, min_rows: int, max_rows: int) -> int | None:
+        """None: a rebuild drops and creates the index concurrently, outside any transaction,
+        which a call through PostgREST cannot do (the psycopg backend can)."""
+        return None
+
     # --- the fleet's provider back-off ---
 
     def provider_gate(self, provider: str, worker: str, probe_s: float) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -198,6 +199,34 @@ class PostgresStore(SqlFunctionStore):
             for block in copy_rows_binary(completed):
                 copy.write(block)
 
+    def build_vector_index(self, worker: str, lease_s: float, min_rows: int, max_rows: int) -> int | None:
+        """The rebuild the migration `…_bulk_vector_index.sql` describes: lease and definition from
+        `begin_vector_index_build`, then drop, mark every waiting row, create concurrently (with
+        the server's parallel maintenance workers), end. Searches answer throughout (exactly, over
+        rows outside any index). A failure leaves the lease to run out, and the next caller after
+        it rebuilds the index from the kept definition."""
+        arguments = {
+            "worker": worker,
+            "lease_s": lease_s,
+            "min_rows": min_rows,
+            "max_rows": max_rows,
+        }
+        definition = self._value("begin_vector_index_build", arguments)
+        if not definition:
+            return None
+        name, create = _concurrent_index_statements(str(definition))
+
+        def rebuild(conn: Any) -> int:
+            conn.execute(
+                sql.SQL("drop index concurrently if exists {}").format(sql.Identifier("public", name))
+            )
+            row = conn.execute("select public.mark_chunks_indexed() as moved").fetchone()
+            conn.execute(create)
+            conn.execute("select public.end_vector_index_build(%s)", (worker,))
+            return int(row["moved"]) if row else 0
+
+        return self.holder.run(rebuild, idempotent=False)
+
     def index_chunks(self, max_rows: int) -> int:
         """HNSW inserts are CPU-bound in the server: a large batch is split over the writer
         connections, so each uses its own backend (and core)."""
@@ -207,6 +236,16 @@ class PostgresStore(SqlFunctionStore):
         share = -(-max_rows // len(stores))
         with ThreadPoolExecutor(max_workers=len(stores)) as pool:
             return sum(pool.map(lambda store: SqlFunctionStore.index_chunks(store, share), stores))
+
+
+def _concurrent_index_statements(definition: str) -> tuple[str, str]:
+    """(index name, its `create index concurrently` statement) from `pg_get_indexdef`'s text,
+    e.g. `CREATE INDEX name ON public.t USING hnsw (…) WHERE …`."""
+    match = re.match(r"CREATE (UNIQUE )?INDEX (\S+) ON ", definition)
+    if match is None:
+        raise ValueError(f"not an index definition: {definition[:80]!r}")
+    name = match.group(2).split(".")[-1].strip('"')
+    return name, f"CREATE {match.group(1) or ''}INDEX CONCURRENTLY {definition[match.start(2) :]}"
 
 
 def _rows_on(conn: Any, function: str, arguments: dict[str, Any]) -> list[dict[str, Any]]:

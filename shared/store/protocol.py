@@ -140,6 +140,12 @@ class Store(Protocol):
         """Move up to `max_rows` stored chunks into the vector index; returns how many moved."""
         ...
 
+    def build_vector_index(self, worker: str, lease_s: float, min_rows: int, max_rows: int) -> int | None:
+        """Rebuild the vector index over every stored chunk when most are waiting for it (at least
+        `min_rows`) and it covers at most `max_rows` rows (`begin_vector_index_build`); returns
+        the rows that joined it, or None when it was not rebuilt (rows are moved one by one)."""
+        ...
+
     def search(self, embedding: array[float], k: int, client_id: uuid.UUID | None) -> list[SearchHit]:
         """The `k` chunks nearest to `embedding` (cosine), optionally for one client."""
         ...

@@ -37,6 +37,7 @@ RUNS = {
         "clients_with_summary_backlog",
         "save_client_summary",
         "index_pending_chunks",
+        "begin_vector_index_build",
         "provider_gate",
         "record_provider_failure",
         "record_provider_success",
