@@ -22,3 +22,10 @@ class DatabaseUnavailable(NexusError):
     """The database could not be reached; the request may be retried."""
 
     status = 503
+
+
+class RefusedByDatabase(NexusError):
+    """A SQL function of ours refused the call with a sentence meant for the user (`raise
+    exception` in the migrations, SQLSTATE P0001), e.g. a generation that cannot be cut over yet."""
+
+    status = 409

@@ -131,6 +131,11 @@ def cmd_process(args: argparse.Namespace, settings: Settings) -> int:
         f"{summary['done']} done, {summary['failed']} failed, {summary['chunks']} chunks "
         f"({summary['embedded_chunks']} embedded, {summary['embedded_tokens']} tokens; the rest reused)"
     )
+    if summary["generation_chunks"]:
+        print(
+            f"{summary['generation_chunks']} vectors stored for other embedding generations "
+            f"({summary['generation_embedded']} embedded; the rest reused)"
+        )
     if args.item is not None and not report.claimed:
         print(f"item {args.item} needed no processing (already done, leased elsewhere, or unknown)")
     return 1 if report.failed else 0
@@ -190,9 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("demo", help="run the whole job on the sample documents").set_defaults(run=cmd_demo)
 
     from shared.cli.dev import add_dev_commands
+    from shared.cli.embeddings import add_embeddings_commands
     from shared.cli.gcal import add_gcal_commands
 
     add_dev_commands(commands)
+    add_embeddings_commands(commands)
     add_gcal_commands(commands)
     return parser
 

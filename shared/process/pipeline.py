@@ -41,14 +41,17 @@ from shared.process.budgets import (
     probe_wait_s,
     waits_for_probe,
 )
+from shared.process.generations import GenerationFill
 from shared.process.outcomes import ItemOutcomes
 from shared.process.report import ProcessingReport, new_worker_id
 from shared.process.stages import ClaimStages
-from shared.process.troubles import summary_troubles
+from shared.process.troubles import is_quota, summary_troubles
 from shared.providers.deadlines import call_scope
-from shared.providers.embeddings import Embedder, embedder_from_settings
+from shared.providers.embeddings import Embedder, EmbeddingError, embedder_for, embedder_from_settings
 from shared.providers.summaries import Summarizer, summarizer_from_settings
 from shared.store import ClaimedItem, Store, store_from_settings
+from shared.store.generations import active_generation, generations_from_facts, generations_to_fill
+from shared.store.rows import Generation
 from shared.text.chunking import Chunk, split_text
 
 __all__ = ["PROBE_ATTEMPTS", "SWITCH_INTERVAL_S", "Processor", "processor_from_settings"]
@@ -85,7 +88,8 @@ class Processor(ClaimStages, ItemOutcomes):
         progress: Callable[[int], None] | None = None,
     ) -> None:
         self.store = store
-        self.embedder = embedder
+        self.embedder = embedder  # for the active generation once `check_settings` has read it
+        self.settings_embedder = embedder
         self.summarizer = summarizer
         self.chunk_tokens = chunk_tokens
         self.chunk_overlap = chunk_overlap
@@ -107,6 +111,10 @@ class Processor(ClaimStages, ItemOutcomes):
         # Measured by the sweep: seconds a claim took per item and per character of content.
         self._seconds_per_item: float | None = None
         self._seconds_per_char: float | None = None
+        # The database's embedding generations, as `check_settings` last read them.
+        self.active: Generation | None = None
+        self.generations: list[Generation] = []
+        self._warned: str | None = None
 
     def for_worker(self, worker: str) -> Processor:
         """The same processor (same store, embedder, summariser) acting as another worker."""
@@ -187,19 +195,64 @@ class Processor(ClaimStages, ItemOutcomes):
         if remaining_s() > SWEEP_RESERVE_S and report.backed_off is None:
             # Folds a crash or a failed fold left behind (items stored, client summary not updated).
             self._fold_clients(set(self.store.clients_with_summary_backlog()), remaining_s)
+            self._fill_generations(remaining_s, report)
         report.indexed_chunks += self.index_pending(remaining_s)
         return report
 
     def check_settings(self) -> None:
-        """Settings that disagree with the database, named in one sentence before any provider is
-        called. Every run starts with it: a read that is safe to repeat, so a connection the
-        database dropped while the function sat idle is replaced here, before the claim."""
-        stored = self.store.schema_facts().get("embedding_dimensions")
-        if stored and int(stored) != self.embedder.dimensions:
-            raise ConfigError(
-                f"NEXUS_EMBEDDING_DIMENSIONS is {self.embedder.dimensions}, but the database stores "
-                f"{stored}-dimension embeddings (knowledge_chunks.embedding); set it to {stored}."
-            )
+        """Read the database's embedding generations and name settings that disagree with them
+        in one sentence, before any provider is called (`generations.active_generation`); on a
+        database with none yet, the settings' model and size become the first. From then on
+        this processor embeds for the active generation. Every run starts with it: a read that
+        is safe to repeat, so a connection the database dropped while the function sat idle is
+        replaced here, before the claim."""
+        generations = generations_from_facts(self.store.schema_facts())
+        base = self.settings_embedder
+        active, warning = active_generation(generations, base.model, base.dimensions)
+        if active is None:
+            active = self.store.ensure_generation(base.model, base.dimensions)
+            generations = [active]
+        if warning and warning != self._warned:
+            self.logger.warning(warning)
+        self._warned = warning
+        self.active, self.generations = active, generations
+        self.embedder = embedder_for(base, active.model, active.dimensions)
+
+    def _fill_generations(
+        self,
+        remaining_s: Callable[[], float] | None,
+        report: ProcessingReport,
+        item_ids: list[uuid.UUID] | None = None,
+    ) -> None:
+        """Store the vectors other generations lack: for `item_ids` (just stored; live items go
+        first), every generation being built; without, every generation that may lack vectors,
+        the active one first (a sweep, after live work). A provider failure stops it (the chunks
+        go back to the sweeps) and counts toward the fleet's back-off like any other."""
+        if item_ids is not None:
+            targets = [g for g in self.generations if g.state in ("building", "ready")]
+        else:
+            targets = generations_to_fill(self.generations)
+        if not targets:
+            return
+        left = countdown(remaining_s if remaining_s is not None else math.inf)
+        fill = GenerationFill(self.store, self.settings_embedder, self.worker)
+        for generation in targets:
+            try:
+                done = fill.fill(generation, left, item_ids)
+            except (EmbeddingError, ConfigError) as exc:
+                self.logger.warning(
+                    "embedding generation not filled",
+                    extra={"generation": generation.id, "error": str(exc)},
+                )
+                if isinstance(exc, EmbeddingError) and exc.retryable and self.provider is not None:
+                    retry_after = getattr(exc, "retry_after_s", None)
+                    report.backed_off = self.store.record_provider_failure(
+                        self.provider, str(exc), is_quota(exc), retry_after, self.probe_s
+                    )
+                break
+            report.generation_chunks += done.chunks
+            report.generation_embedded += done.embedded
+            report.embedded_tokens += done.tokens
 
     def _gate(self) -> dict[str, Any]:
         """Whether this worker may claim now (and whether as the provider's probe)."""
@@ -314,6 +367,8 @@ class Processor(ClaimStages, ItemOutcomes):
         stored = self.store.complete_items(self.worker, completed)
         for c in completed:
             self._record_completion(c, stored, report)
+        if stored:
+            self._fill_generations(remaining_s, report, item_ids=sorted(stored))
         # A probe proves the provider back only if it answered something (an item whose vectors
         # and summary were all kept from before called nobody).
         answered = {"embeddings": report.embedded_chunks > 0, "chat": chat_answers > 0}

@@ -24,6 +24,8 @@ _COUNTS = (
     "embedded_chunks",
     "embedded_tokens",
     "indexed_chunks",
+    "generation_chunks",
+    "generation_embedded",
     "released",
     "deferred",
 )
@@ -42,6 +44,10 @@ class ProcessingReport:
     embedded_chunks: int = 0
     embedded_tokens: int = 0
     indexed_chunks: int = 0
+    # vectors stored for embedding generations other than the chunks' own write (building ones,
+    # and gaps), and of those, how many were embedded rather than reused
+    generation_chunks: int = 0
+    generation_embedded: int = 0
     released: int = 0  # claimed, then given back unprocessed (no attempt counted): time ran out
     deferred: int = 0  # claimed, then given back after a provider failure (no attempt counted)
     done_ids: set[uuid.UUID] = field(default_factory=set)

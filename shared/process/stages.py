@@ -26,6 +26,7 @@ from shared.providers.deadlines import call_scope, submit
 from shared.providers.embeddings import Embedder, EmbeddingError
 from shared.providers.summaries import Summarizer, SummaryError, memoizes
 from shared.store import ChunkRecord, ClaimedItem, CompletedItem, Store
+from shared.store.rows import Generation
 from shared.text.chunking import Chunk
 from shared.text.hashing import sha256_hex
 
@@ -58,6 +59,7 @@ class ClaimStages:
     summary_concurrency: int
     item_chunk_min_s: float
     chunker: Callable[[str, int, int], list[Chunk]]
+    active: Generation | None
 
     def _run_stages(
         self, items: list[ClaimedItem], end: float, report: ProcessingReport, probe: bool
@@ -262,5 +264,11 @@ class ClaimStages:
         ]
         elapsed_ms = int((time.monotonic() - p.started) * 1000)
         return CompletedItem(
-            p.item, records, summary, self.embedder.model, self.embedder.dimensions, elapsed_ms
+            p.item,
+            records,
+            summary,
+            self.embedder.model,
+            self.embedder.dimensions,
+            elapsed_ms,
+            self.active,
         )

@@ -17,6 +17,8 @@ _HOMES = {
     "OpenAIEmbedder": "embeddings",
     "embed_text": "seed",
     "embedder_from_settings": "embeddings",
+    "embedder_for": "embeddings",
+    "embedding_price_per_million": "prices",
     "LocalSummarizer": "summaries",
     "OpenAISummarizer": "summaries",
     "Summarizer": "summaries",
@@ -37,7 +39,9 @@ __all__ = [
     "SummaryError",
     "call_scope",
     "embed_text",
+    "embedder_for",
     "embedder_from_settings",
+    "embedding_price_per_million",
     "generate_summary",
     "submit",
     "summarizer_from_settings",
@@ -51,8 +55,10 @@ if TYPE_CHECKING:
         EmbeddingError,
         LocalEmbedder,
         OpenAIEmbedder,
+        embedder_for,
         embedder_from_settings,
     )
+    from shared.providers.prices import embedding_price_per_million
     from shared.providers.seed import embed_text, generate_summary
     from shared.providers.summaries import (
         LocalSummarizer,

@@ -14,6 +14,7 @@ and decodes every vector into Python floats; here base64 float32 goes straight t
 from __future__ import annotations
 
 import base64
+import copy
 import json
 import re
 import sys
@@ -344,6 +345,27 @@ class LocalEmbedder:
             values[digest % self.dimensions] += (1.0 + log(1.0 + weight)) * (1 if digest & 0x80000000 else -1)
         norm = sqrt(sum(v * v for v in values))
         return array("f", [v / norm for v in values] if norm else values)
+
+
+def embedder_for(embedder: Embedder, model: str, dimensions: int) -> Embedder:
+    """`embedder` making (model, dimensions) vectors instead, for an embedding generation: the
+    same provider, key, endpoint and HTTP connections. The local embedder makes only its own
+    model's vectors, at any size."""
+    if (embedder.model, embedder.dimensions) == (model, dimensions):
+        return embedder
+    if isinstance(embedder, LocalEmbedder):
+        if model != LOCAL_MODEL:
+            raise ConfigError(
+                f"NEXUS_EMBEDDING_PROVIDER is local, which makes only {LOCAL_MODEL} vectors, and the "
+                f"embedding generation needs {model}: set NEXUS_EMBEDDING_PROVIDER=openai."
+            )
+        return LocalEmbedder(dimensions)
+    if isinstance(embedder, OpenAIEmbedder):
+        twin = copy.copy(embedder)
+        twin.model, twin.dimensions = model, dimensions
+        twin.sends_token_ids = model in CL100K_MODELS
+        return twin
+    raise ConfigError(f"This embedder cannot make {model} vectors at {dimensions} dimensions.")
 
 
 _embedders: ProviderCache[Embedder] = ProviderCache()

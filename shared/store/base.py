@@ -22,13 +22,15 @@ import uuid
 from array import array
 from typing import Any
 
-from shared.store.rows import ClaimedItem, CompletedItem, IngestOutcome, SearchHit
+from shared.errors import NexusError
+from shared.store.generations import GenerationCalls
+from shared.store.rows import ClaimedItem, CompletedItem, GenerationChunk, IngestOutcome, SearchHit
 from shared.store.vectors import from_pgvector_text, to_pgvector_text
 
 __all__ = ["SqlFunctionStore"]
 
 
-class SqlFunctionStore:
+class SqlFunctionStore(GenerationCalls):
     """The store's calls over a backend's `_rows` and `_value` (see the module docstring)."""
 
     max_rows: int | None = None
@@ -116,7 +118,7 @@ class SqlFunctionStore:
                 {
                     "chunk_index": chunk.chunk_index,
                     "content": chunk.content,
-                    "embedding": to_pgvector_text(chunk.embedding),
+                    "embedding": to_pgvector_text(chunk.embedding) if c.in_column else None,
                     "token_count": chunk.token_count,
                     "char_start": chunk.char_start,
                     "char_end": chunk.char_end,
@@ -136,7 +138,28 @@ class SqlFunctionStore:
             }
             if self._value("complete_knowledge_item", arguments):
                 stored.add(c.item.id)
+                if not c.in_column and c.generation is not None:
+                    self._store_vectors_after(worker, c)
         return stored
+
+    def _store_vectors_after(self, worker: str, c: CompletedItem) -> None:
+        """The item's vectors for its active generation, when that keeps them in chunk_vectors: a
+        second call here (PostgREST runs one function per transaction). If it fails, the
+        generation is marked as lacking vectors, and the sweeps fill them."""
+        assert c.generation is not None
+        chunks = [
+            GenerationChunk(
+                c.item.id, chunk.chunk_index, chunk.content, chunk.content_sha256, chunk.token_count
+            )
+            for chunk in c.chunks
+        ]
+        try:
+            self.store_generation_vectors(
+                c.generation.id, worker, chunks, [chunk.embedding for chunk in c.chunks]
+            )
+        except NexusError:
+            self.release_generation_chunks(c.generation.id, worker)
+            raise
 
     def fail_item(
         self,

@@ -41,6 +41,7 @@ _ROW_HEAD = struct.Struct(">hi16si16siii")  # field count; id; item uuid; chunk_
 _VECTOR_HEAD = struct.Struct(">iHH")  # field length; pgvector's dimensions and unused int16
 _CLIENT_TOKENS = struct.Struct(">i16siii")  # client uuid; token_count; model length
 _ROW_TAIL = struct.Struct(">iiiiiii")  # dimensions; char_start; char_end; content_sha256 length
+_NULL = struct.pack(">i", -1)  # a NULL field
 _LOW_62 = (1 << 62) - 1
 
 
@@ -49,22 +50,27 @@ def copy_rows_binary(completed: list[CompletedItem], ids: Iterator[bytes] | None
     COPY_BLOCK_BYTES, one row per chunk with the fields of COPY_COLUMNS, each row's id from `ids`
     (default `time_ordered_ids()`). Each field is its byte length, then uuid as 16 raw bytes, int4
     big-endian, text as UTF-8, and the vector in pgvector's binary form (int16 dimensions, int16
-    unused, big-endian float32 values)."""
+    unused, big-endian float32 values), or NULL when the item's generation keeps its vectors in
+    `chunk_vectors` (`CompletedItem.in_column`)."""
     block = bytearray(_COPY_SIGNATURE)
     ids = time_ordered_ids() if ids is None else ids
     for c in completed:
         item_id, client_id, model = c.item.id.bytes, c.item.client_id.bytes, c.model.encode()
+        in_column = c.in_column
         for chunk in c.chunks:
             text = chunk.content.encode()
-            vector = array("f", chunk.embedding)
-            if sys.byteorder == "little":
-                vector.byteswap()
             block += _ROW_HEAD.pack(
                 len(COPY_COLUMNS), 16, next(ids), 16, item_id, 4, chunk.chunk_index, len(text)
             )
             block += text
-            block += _VECTOR_HEAD.pack(4 + 4 * len(vector), len(vector), 0)
-            block += vector.tobytes()
+            if in_column:
+                vector = array("f", chunk.embedding)
+                if sys.byteorder == "little":
+                    vector.byteswap()
+                block += _VECTOR_HEAD.pack(4 + 4 * len(vector), len(vector), 0)
+                block += vector.tobytes()
+            else:  # the active generation keeps its vectors in chunk_vectors: no embedding here
+                block += _NULL
             block += _CLIENT_TOKENS.pack(16, client_id, 4, chunk.token_count, len(model))
             block += model
             digest = chunk.content_sha256.encode()

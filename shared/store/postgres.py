@@ -21,13 +21,16 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
+import psycopg
 from psycopg import sql
 from psycopg.adapt import PyFormat
 from psycopg.types.json import Jsonb
 
+from shared.errors import RefusedByDatabase
 from shared.store.base import SqlFunctionStore
 from shared.store.database import ConnectionHolder
 from shared.store.rows import CompletedItem
+from shared.store.vectors import to_pgvector_text
 
 __all__ = ["INDEX_SPLIT_MIN_ROWS", "PARALLEL_WRITE_MIN_CHUNKS", "PostgresStore"]
 
@@ -50,6 +53,13 @@ _CASTS = {
         "chunk_token_counts": "integer[]",
         "chunk_char_starts": "integer[]",
         "chunk_char_ends": "integer[]",
+    },
+    "claim_generation_chunks": {"only_items": "uuid[]"},
+    "store_generation_vectors": {
+        "item_ids": "uuid[]",
+        "chunk_indexes": "integer[]",
+        "hashes": "text[]",
+        "embeddings": "text[]",
     },
 }
 _ROWS = "select * from {}({})"
@@ -74,18 +84,20 @@ class PostgresStore(SqlFunctionStore):
     def _rows(
         self, function: str, arguments: dict[str, Any], *, idempotent: bool = False, vectors: bool = False
     ) -> list[dict[str, Any]]:
-        if vectors:  # pgvector's binary form both ways: no float formatting or parsing
-            return self.holder.run(
-                lambda conn: _rows_on(self._with_vectors(conn).cursor(binary=True), function, arguments),
-                idempotent=idempotent,
-            )
-        return self.holder.run(lambda conn: _rows_on(conn, function, arguments), idempotent=idempotent)
+        with _refusals():
+            if vectors:  # pgvector's binary form both ways: no float formatting or parsing
+                return self.holder.run(
+                    lambda conn: _rows_on(self._with_vectors(conn).cursor(binary=True), function, arguments),
+                    idempotent=idempotent,
+                )
+            return self.holder.run(lambda conn: _rows_on(conn, function, arguments), idempotent=idempotent)
 
     def _value(self, function: str, arguments: dict[str, Any], *, idempotent: bool = False) -> Any:
         statement = _statement(_VALUE, function, tuple(arguments))
-        row = self.holder.run(
-            lambda conn: conn.execute(statement, _parameters(arguments)).fetchone(), idempotent=idempotent
-        )
+        with _refusals():
+            row = self.holder.run(
+                lambda conn: conn.execute(statement, _parameters(arguments)).fetchone(), idempotent=idempotent
+            )
         return next(iter(row.values())) if row else None
 
     def _with_vectors(self, conn: Any) -> Any:
@@ -132,6 +144,7 @@ class PostgresStore(SqlFunctionStore):
             if stored:
                 changed = self._keep_unchanged_chunks(conn, [c for c in completed if c.item.id in stored])
                 self._copy_chunks(conn, changed)
+                _store_table_vectors(conn, worker, [c for c in changed if not c.in_column])
         return stored
 
     @staticmethod
@@ -236,6 +249,37 @@ class PostgresStore(SqlFunctionStore):
         share = -(-max_rows // len(stores))
         with ThreadPoolExecutor(max_workers=len(stores)) as pool:
             return sum(pool.map(lambda store: SqlFunctionStore.index_chunks(store, share), stores))
+
+
+def _store_table_vectors(conn: Any, worker: str, completed: list[CompletedItem]) -> None:
+    """The vectors of items whose active generation keeps them in `chunk_vectors`, stored in
+    the transaction that writes their chunks (`store_generation_vectors`)."""
+    for generation in {c.generation.id for c in completed if c.generation is not None}:
+        batch = [
+            (c, chunk)
+            for c in completed
+            if c.generation is not None and c.generation.id == generation
+            for chunk in c.chunks
+        ]
+        arguments = {
+            "generation": generation,
+            "worker": worker,
+            "item_ids": [c.item.id for c, _ in batch],
+            "chunk_indexes": [chunk.chunk_index for _, chunk in batch],
+            "hashes": [chunk.content_sha256 for _, chunk in batch],
+            "embeddings": [to_pgvector_text(chunk.embedding) for _, chunk in batch],
+        }
+        conn.execute(_statement(_VALUE, "store_generation_vectors", tuple(arguments)), _parameters(arguments))
+
+
+@contextmanager
+def _refusals() -> Iterator[None]:
+    """A SQL function's `raise exception` (SQLSTATE P0001, a sentence for the user) as
+    `RefusedByDatabase`."""
+    try:
+        yield
+    except psycopg.errors.RaiseException as exc:
+        raise RefusedByDatabase(exc.diag.message_primary or str(exc)) from None
 
 
 def _concurrent_index_statements(definition: str) -> tuple[str, str]:

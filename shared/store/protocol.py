@@ -10,7 +10,14 @@ import uuid
 from array import array
 from typing import Any, Protocol
 
-from shared.store.rows import ClaimedItem, CompletedItem, IngestOutcome, SearchHit
+from shared.store.rows import (
+    ClaimedItem,
+    CompletedItem,
+    Generation,
+    GenerationChunk,
+    IngestOutcome,
+    SearchHit,
+)
 
 __all__ = ["Store"]
 
@@ -145,6 +152,43 @@ class Store(Protocol):
         `min_rows`) and it covers at most `max_rows` rows (`begin_vector_index_build`); returns
         the rows that joined it, or None when it was not rebuilt (rows are moved one by one)."""
         ...
+
+    # --- embedding generations (`shared.store.generations`) ---
+
+    def ensure_generation(self, model: str, dimensions: int) -> Generation:
+        """The active generation; on a database with none yet, one made from these settings."""
+        ...
+
+    def generations_status(self) -> list[dict[str, Any]]: ...
+
+    def plan_generation(self, model: str, dimensions: int) -> dict[str, Any]: ...
+
+    def start_generation(self, model: str, dimensions: int) -> Generation: ...
+
+    def cutover_generation(self) -> dict[str, Any]: ...
+
+    def rollback_generation(self) -> dict[str, Any]: ...
+
+    def drop_generation(self, generation_id: int) -> Generation: ...
+
+    def claim_generation_chunks(
+        self,
+        generation_id: int,
+        worker: str,
+        max_chunks: int,
+        lease_s: float,
+        item_ids: list[uuid.UUID] | None = None,
+    ) -> list[GenerationChunk]:
+        """Lease chunks that have no vector for the generation yet."""
+        ...
+
+    def store_generation_vectors(
+        self, generation_id: int, worker: str, chunks: list[GenerationChunk], vectors: list[array[float]]
+    ) -> int:
+        """Store each chunk's vector for the generation and drop this worker's leases on them."""
+        ...
+
+    def release_generation_chunks(self, generation_id: int, worker: str) -> int: ...
 
     def search(self, embedding: array[float], k: int, client_id: uuid.UUID | None) -> list[SearchHit]:
         """The `k` chunks nearest to `embedding` (cosine), optionally for one client."""

@@ -12,7 +12,15 @@ from array import array
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["ChunkRecord", "ClaimedItem", "CompletedItem", "IngestOutcome", "SearchHit"]
+__all__ = [
+    "ChunkRecord",
+    "ClaimedItem",
+    "CompletedItem",
+    "Generation",
+    "GenerationChunk",
+    "IngestOutcome",
+    "SearchHit",
+]
 
 
 @dataclass(frozen=True)
@@ -82,8 +90,61 @@ class ChunkRecord:
 
 
 @dataclass(frozen=True)
+class Generation:
+    """An embedding generation (`embedding_generations`): one (model, dimensions) pair, where its
+    vectors live (`column`: knowledge_chunks.embedding; `table`: chunk_vectors), its state, and
+    whether some chunk may still lack its vector (`unfilled`)."""
+
+    id: int
+    model: str
+    dimensions: int
+    state: str  # active | building | ready | retired
+    storage: str  # column | table
+    unfilled: bool = False
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Generation:
+        return cls(
+            id=int(row["id"]),
+            model=str(row["model"]),
+            dimensions=int(row["dimensions"]),
+            state=str(row["state"]),
+            storage=str(row["storage"]),
+            unfilled=bool(row.get("unfilled", False)),
+        )
+
+    @property
+    def label(self) -> str:
+        return f"{self.model} at {self.dimensions} dimensions"
+
+
+@dataclass(frozen=True)
+class GenerationChunk:
+    """A stored chunk leased for embedding into a generation that has no vector for it yet."""
+
+    knowledge_item_id: uuid.UUID
+    chunk_index: int
+    content: str
+    content_sha256: str
+    token_count: int
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> GenerationChunk:
+        return cls(
+            knowledge_item_id=uuid.UUID(str(row["knowledge_item_id"])),
+            chunk_index=int(row["chunk_index"]),
+            content=row["content"],
+            content_sha256=row["content_sha256"],
+            token_count=int(row["token_count"] or 0),
+        )
+
+
+@dataclass(frozen=True)
 class CompletedItem:
-    """A processed item ready to store: its chunks replace the old ones in one transaction."""
+    """A processed item ready to store: its chunks replace the old ones in one transaction.
+    `generation`: the active generation the chunks' vectors are for; when it keeps its vectors in
+    `chunk_vectors` (storage `table`), the chunk rows get no `embedding` and the vectors go there,
+    in the same transaction (None: the column, as before generations)."""
 
     item: ClaimedItem
     chunks: list[ChunkRecord]
@@ -91,6 +152,12 @@ class CompletedItem:
     model: str
     dimensions: int
     elapsed_ms: int
+    generation: Generation | None = None
+
+    @property
+    def in_column(self) -> bool:
+        """Whether the vectors go into `knowledge_chunks.embedding`."""
+        return self.generation is None or self.generation.storage == "column"
 
     @property
     def token_count(self) -> int:

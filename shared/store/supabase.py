@@ -27,7 +27,7 @@ import uuid
 from array import array
 from typing import Any
 
-from shared.errors import ConfigError, DatabaseUnavailable, NexusError
+from shared.errors import ConfigError, DatabaseUnavailable, NexusError, RefusedByDatabase
 from shared.store.base import SqlFunctionStore
 from shared.store.vectors import to_pgvector_text
 
@@ -173,6 +173,8 @@ def _api_error(function: str, exc: Any) -> NexusError:
         )
     if code.startswith("PGRST3"):  # PostgREST's JWT errors
         return ConfigError(f"Supabase refused SUPABASE_SERVICE_ROLE_KEY calling {function} ({code}).")
+    if code == "P0001":  # our SQL functions' own refusals: a sentence for the user
+        return RefusedByDatabase(str(exc.message))
     if code in ("PGRST202", "PGRST203", "42883", "404"):
         return ConfigError(
             f"Supabase has no usable function public.{function} ({code}); "

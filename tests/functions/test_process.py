@@ -318,11 +318,14 @@ def test_webhook_with_no_time_left_to_summarise_releases_the_item(
 
 
 def test_webhook_while_the_fleet_is_backed_off_defers_the_item_without_calling_openai(
-    process: Any, function_env: pytest.MonkeyPatch, admin: Any, client_id: uuid.UUID
+    process: Any, function_env: pytest.MonkeyPatch, db_url: str, db: Any, db_client: uuid.UUID
 ) -> None:
     from shared.providers.embeddings import provider_key
     from tests.support.openai_server import OpenAIServer
 
+    # A database of its own: the session's has other tests' embedding generation (the local model).
+    admin, client_id = db, db_client
+    function_env.setenv("DATABASE_URL", db_url)
     item_id = new_item(admin, client_id)
     with OpenAIServer(latency_ms=0) as server:
         function_env.setenv("NEXUS_EMBEDDING_PROVIDER", "openai")

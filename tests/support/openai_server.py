@@ -238,6 +238,8 @@ class ServerStats:
     embedding_tokens: int = 0  # exact cl100k tokens over answered embedding requests
     embedding_token_id_inputs: int = 0  # answered inputs that came as token ids (nothing to tokenise)
     embedding_batches: list[tuple[int, int]] = field(default_factory=list)  # (inputs, tokens) per request
+    # (model, dimensions answered, inputs) per answered embedding request
+    embedding_shapes: list[tuple[str, int, int]] = field(default_factory=list)
     chat_attempts: int = 0
     chat_requests: int = 0  # chat completions answered
     chat_prompt_tokens: int = 0
@@ -342,8 +344,11 @@ class _State:
             with self.lock:
                 self.stats.in_flight -= 1
 
-    def record_embeddings(self, inputs: int, tokens: int, token_id_inputs: int) -> None:
+    def record_embeddings(
+        self, inputs: int, tokens: int, token_id_inputs: int, model: str = "", dimensions: int = 0
+    ) -> None:
         with self.lock:
+            self.stats.embedding_shapes.append((model, dimensions, inputs))
             self.stats.embedding_requests += 1
             self.stats.embedding_inputs += inputs
             self.stats.embedding_token_id_inputs += token_id_inputs
@@ -569,7 +574,9 @@ def _answer_embeddings(state: _State, payload: dict[str, Any]) -> _Response:
         for index, item in enumerate(items)
     ]
     total = sum(counts)
-    state.record_embeddings(len(items), total, token_id_inputs)
+    state.record_embeddings(
+        len(items), total, token_id_inputs, model, dimensions or EMBEDDING_MODELS[model]
+    )
     body = {
         "object": "list",
         "data": data,

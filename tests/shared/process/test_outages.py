@@ -354,6 +354,7 @@ def test_dimensions_that_disagree_with_the_schema_are_named_before_any_call(
     db: psycopg.Connection[Any], db_client: uuid.UUID, db_store: PostgresStore, server: OpenAIServer
 ) -> None:
     ids = _documents(db, db_client, 1, seed=5)
+    db_store.ensure_generation("text-embedding-3-small", 1536)  # the database's active generation
     embedder = OpenAIEmbedder(API_KEY, dimensions=512, base_url=server.base_url)
     try:
         with pytest.raises(ConfigError) as caught:
@@ -361,7 +362,9 @@ def test_dimensions_that_disagree_with_the_schema_are_named_before_any_call(
     finally:
         embedder.close()
 
-    assert "NEXUS_EMBEDDING_DIMENSIONS is 512" in str(caught.value) and "1536" in str(caught.value)
+    message = str(caught.value)
+    assert "NEXUS_EMBEDDING_MODEL / NEXUS_EMBEDDING_DIMENSIONS are text-embedding-3-small / 512" in message
+    assert "1536" in message and "nexus embeddings start" in message
     assert server.stats.requests == 0
     assert item_states(db, ids)[ids[0]]["status"] == "pending"
 

@@ -302,6 +302,8 @@ def test_reports_merge_and_keep_their_shape() -> None:
         "embedded_chunks": 0,
         "embedded_tokens": 0,
         "indexed_chunks": 0,
+        "generation_chunks": 0,
+        "generation_embedded": 0,
         "released": 0,
         "deferred": 0,
         "backed_off": {"state": "open"},

@@ -88,6 +88,18 @@ def make_embedder(server: OpenAIServer, sleep: RecordingSleep) -> Iterator[Embed
         embedder.close()
 
 
+# These tests embed with OpenAI's model name, so each gets a database of its own: the session's
+# has other tests' embedding generation (the local model), which settings may not contradict.
+@pytest.fixture
+def admin(db: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
+    return db
+
+
+@pytest.fixture
+def store(db_store: PostgresStore) -> PostgresStore:
+    return db_store
+
+
 def processor(store: PostgresStore, embedder: OpenAIEmbedder, **kwargs: Any) -> Processor:
     return Processor(store, embedder, LocalSummarizer(), retry_base_s=60.0, **kwargs)
 
