@@ -574,9 +574,7 @@ def _answer_embeddings(state: _State, payload: dict[str, Any]) -> _Response:
         for index, item in enumerate(items)
     ]
     total = sum(counts)
-    state.record_embeddings(
-        len(items), total, token_id_inputs, model, dimensions or EMBEDDING_MODELS[model]
-    )
+    state.record_embeddings(len(items), total, token_id_inputs, model, dimensions or EMBEDDING_MODELS[model])
     body = {
         "object": "list",
         "data": data,
