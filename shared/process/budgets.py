@@ -21,6 +21,7 @@ __all__ = [
     "CLAIM_TIME_SHARE",
     "FINISH_RESERVE_S",
     "INDEX_AFTER_ITEM_S",
+    "INDEX_BUILDS_PER_RUN",
     "INDEX_BUILD_LEASE_MAX_S",
     "INDEX_BUILD_MIN_ROWS",
     "ITEM_CHUNK_MIN_S",
@@ -66,6 +67,7 @@ INDEX_AFTER_ITEM_S = 3.0  # what a webhook, queue or CLI item trigger spends on 
 # parallel workers, 0.8 ms with none; the margin covers slower servers).
 INDEX_BUILD_MIN_ROWS = 500
 INDEX_BUILD_S_PER_ROW = 0.002
+INDEX_BUILDS_PER_RUN = 4  # rebuilds one run may do: the column's index, then generations'
 INDEX_BUILD_LEASE_MAX_S = 3600.0  # a rebuild's lease with no end to the time (the CLI's --all)
 # A scheduled sweep waits for a backed-off provider's next probe only if this much of its time
 # would be left for work afterwards; it rechecks at least this often.

@@ -28,6 +28,7 @@ from shared.process.budgets import (
     INDEX_AFTER_ITEM_S,
     INDEX_BUILD_LEASE_MAX_S,
     INDEX_BUILD_MIN_ROWS,
+    INDEX_BUILDS_PER_RUN,
     ITEM_CHUNK_MIN_S,
     SWEEP_RESERVE_S,
     calls_deadline,
@@ -310,19 +311,24 @@ class Processor(ClaimStages, ItemOutcomes):
         """Rebuild the vector index in bulk when most chunks wait for it and the rebuild fits in
         `left_s` (`budgets.index_build_rows`); returns the rows it brought in (0: none, or rows
         are better moved one by one)."""
-        max_rows = index_build_rows(left_s)
-        if not max_rows:
-            return 0
-        try:
-            built = self.store.build_vector_index(
-                self.worker, lease_s(min(left_s, INDEX_BUILD_LEASE_MAX_S)), INDEX_BUILD_MIN_ROWS, max_rows
-            )
-        except NexusError as exc:
-            self.logger.warning("the vector index was not rebuilt", extra={"error": str(exc)})
-            return 0
-        if built is not None:
+        started, added = time.monotonic(), 0
+        for _ in range(INDEX_BUILDS_PER_RUN):  # the column's index, then each generation's
+            left = left_s - (time.monotonic() - started)
+            max_rows = index_build_rows(left)
+            if not max_rows:
+                break
+            try:
+                built = self.store.build_vector_index(
+                    self.worker, lease_s(min(left, INDEX_BUILD_LEASE_MAX_S)), INDEX_BUILD_MIN_ROWS, max_rows
+                )
+            except NexusError as exc:
+                self.logger.warning("a vector index was not rebuilt", extra={"error": str(exc)})
+                break
+            if built is None:
+                break
             self.logger.info("vector index rebuilt", extra={"rows_added": built})
-        return built or 0
+            added += built
+        return added
 
     # -- the pipeline -------------------------------------------------------------------------
 

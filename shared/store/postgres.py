@@ -26,7 +26,7 @@ from psycopg import sql
 from psycopg.adapt import PyFormat
 from psycopg.types.json import Jsonb
 
-from shared.errors import RefusedByDatabase
+from shared.errors import NexusError, RefusedByDatabase
 from shared.store.base import SqlFunctionStore
 from shared.store.database import ConnectionHolder
 from shared.store.rows import CompletedItem
@@ -213,8 +213,9 @@ class PostgresStore(SqlFunctionStore):
                 copy.write(block)
 
     def build_vector_index(self, worker: str, lease_s: float, min_rows: int, max_rows: int) -> int | None:
-        """The rebuild the migration `…_bulk_vector_index.sql` describes: lease and definition from
-        `begin_vector_index_build`, then drop, mark every waiting row, create concurrently (with
+        """The rebuild the migration `…_bulk_vector_index.sql` describes, of the first vector index
+        (the column's, then each generation's) whose rows mostly wait: lease and definition from
+        `begin_vector_index_build`, then drop, mark its waiting rows, create concurrently (with
         the server's parallel maintenance workers), end. Searches answer throughout (exactly, over
         rows outside any index). A failure leaves the lease to run out, and the next caller after
         it rebuilds the index from the kept definition."""
@@ -230,12 +231,19 @@ class PostgresStore(SqlFunctionStore):
         name, create = _concurrent_index_statements(str(definition))
 
         def rebuild(conn: Any) -> int:
-            conn.execute(
-                sql.SQL("drop index concurrently if exists {}").format(sql.Identifier("public", name))
-            )
-            row = conn.execute("select public.mark_chunks_indexed() as moved").fetchone()
-            conn.execute(create)
-            conn.execute("select public.end_vector_index_build(%s)", (worker,))
+            try:
+                drop = sql.SQL("drop index concurrently if exists {}").format(sql.Identifier("public", name))
+                conn.execute(drop)
+                row = conn.execute("select public.mark_vectors_indexed(%s) as moved", (name,)).fetchone()
+                conn.execute(create)
+                conn.execute("select public.end_vector_index_build(%s)", (worker,))
+            except psycopg.OperationalError:
+                raise
+            except psycopg.Error as exc:  # e.g. no shared memory for the parallel build
+                raise NexusError(
+                    f"The vector index {name} was not rebuilt ({exc.sqlstate}); searches stay exact "
+                    "over its rows, and the next run builds it once the lease runs out."
+                ) from None
             return int(row["moved"]) if row else 0
 
         return self.holder.run(rebuild, idempotent=False)

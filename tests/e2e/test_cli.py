@@ -160,3 +160,49 @@ def test_status_says_when_claiming_is_paused_by_the_provider(
     assert "waiting on the provider: 1 item(s), no attempt counted" in shown
     assert [p["state"] for p in as_json["providers"]] == ["quota"]
     assert as_json["deferred_by_provider"] == 1
+
+
+def test_embeddings_move_to_512_and_back_from_the_command_line(tmp_path: Path) -> None:
+    home = tmp_path / ".nexus"
+    nexus(home, "demo")
+    (first,) = json.loads(nexus(home, "embeddings", "status", "--json").stdout)
+    assert (first["model"], first["dimensions"], first["state"], first["storage"]) == (
+        "local-hash-v1",
+        1536,
+        "active",
+        "column",
+    )
+    assert first["chunks_embedded"] == first["chunks_total"] > 0
+    plan = json.loads(
+        nexus(home, "embeddings", "plan", "--model", "local-hash-v1", "--dimensions", "512", "--json").stdout
+    )
+    assert plan["inputs_to_embed"] == plan["texts_total"] > 0 and plan["estimated_usd"] == 0.0
+
+    assert (
+        "is building"
+        in nexus(home, "embeddings", "start", "--model", "local-hash-v1", "--dimensions", "512").stdout
+    )
+    early = nexus(home, "embeddings", "cutover", check=False)
+    assert early.returncode == 1 and "not switched" in early.stdout
+    assert "vectors stored for other embedding generations" in nexus(home, "process", "--all").stdout
+    assert "active: generation 2" in nexus(home, "embeddings", "cutover").stdout
+
+    acme = demo_client_id("acme-robotics")
+    query = "spring-loaded copper contacts pitted or dirty raise resistance"
+    hits = json.loads(nexus(home, "search", query, "--client-id", str(acme), "-k", "3", "--json").stdout)
+    assert hits[0]["source"].endswith("amr-maintenance-runbook.md")
+
+    assert "active again: generation 1" in nexus(home, "embeddings", "rollback").stdout
+    assert "dropped generation 2" in nexus(home, "embeddings", "drop", "--generation", "2").stdout
+    assert [g["id"] for g in json.loads(nexus(home, "embeddings", "status", "--json").stdout)] == [1]
+
+    wrong = nexus(
+        home, "embeddings", "start", "--model", "text-embedding-3-small", "--dimensions", "512", check=False
+    )
+    assert (
+        wrong.returncode == 1
+        and "NEXUS_EMBEDDING_PROVIDER" in wrong.stderr
+        and "Traceback" not in wrong.stderr
+    )
+    too_big = nexus(home, "embeddings", "plan", "--model", "x", "--dimensions", "5000", check=False)
+    assert too_big.returncode == 2 and "between 1 and 4000" in too_big.stderr

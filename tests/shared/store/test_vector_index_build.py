@@ -158,3 +158,32 @@ def test_concurrent_statements_come_from_the_catalogs_definition() -> None:
         "ix",
         "CREATE UNIQUE INDEX CONCURRENTLY ix ON t (x)",
     )
+
+
+def test_a_generations_backfill_gets_its_index_built_in_bulk(
+    db: psycopg.Connection[Any], db_store: PostgresStore, db_client: uuid.UUID
+) -> None:
+    store_chunks(db, db_client, random_vectors(INDEX_BUILD_MIN_ROWS + 30, seed=26), indexed=True)
+    db_store.ensure_generation("a-model", 1536)
+    generation = db_store.start_generation("a-model", 512)
+    name = f"chunk_vectors_hnsw_g{generation.id}"
+    # the backfill's vectors, loaded outside the generation's index
+    db.execute(
+        "insert into chunk_vectors (knowledge_item_id, chunk_index, generation_id, client_id, embedding) "
+        "select knowledge_item_id, chunk_index, %s, client_id, subvector(embedding, 1, 512) "
+        "from knowledge_chunks",
+        (generation.id,),
+    )
+    before = db.execute("select to_regclass(%s)::oid::int as oid", (name,)).fetchone()
+
+    moved = Processor(db_store, LocalEmbedder(), LocalSummarizer()).index_pending(lambda: 600.0)
+
+    assert moved == INDEX_BUILD_MIN_ROWS + 30
+    after = db.execute(
+        "select i.indexrelid::int as oid, i.indisvalid as valid from pg_index i "
+        "where i.indexrelid = to_regclass(%s)",
+        (name,),
+    ).fetchone()
+    assert before is not None and after is not None and after["valid"] and after["oid"] != before["oid"]
+    waiting = db.execute("select count(*) as n from chunk_vectors where not vector_indexed").fetchone()
+    assert waiting is not None and waiting["n"] == 0 and leases(db) == []
