@@ -95,7 +95,7 @@ class Settings(BaseModel):
     # Item summaries in flight at once (a remote summariser; the local one runs one at a time).
     summary_concurrency: int = Field(default=8, ge=1, le=64)
     # Work claimed per batch: enough for several full embedding requests in flight at once.
-    batch_tokens: int = Field(default=1_200_000, ge=1000)
+    batch_tokens: int = Field(default=600_000, ge=1000)
     # While the fleet is backed off from a provider, one probe goes out at least this often.
     provider_probe_s: float = Field(default=120.0, ge=1, le=3600)
     # The largest item ingest accepts, in (estimated) cl100k tokens.

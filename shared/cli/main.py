@@ -207,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     # The CLI speaks to people: JSON log lines only for warnings unless asked for more.
     os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
+    from shared.runtime.memory import limit_malloc_arenas
+
+    limit_malloc_arenas()  # before any thread starts
     args = build_parser().parse_args(argv)
     run: Callable[[argparse.Namespace, Settings], int] = args.run
     try:

@@ -79,7 +79,7 @@ class Processor(ClaimStages, ItemOutcomes):
         chunk_overlap: int = 0,
         max_attempts: int = 5,
         retry_base_s: float = 30.0,
-        batch_tokens: int = 1_200_000,
+        batch_tokens: int = 600_000,
         summary_concurrency: int = 8,
         probe_s: float = 120.0,
         item_chunk_min_s: float = ITEM_CHUNK_MIN_S,

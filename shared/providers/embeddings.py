@@ -251,8 +251,10 @@ class OpenAIEmbedder:
 
     def _parse(self, content: bytes, expected: int) -> list[array[float]]:
         try:
-            data = sorted(json.loads(content)["data"], key=lambda d: d["index"])
-            vectors = [_decode_embedding(d["embedding"]) for d in data]
+            vectors = _scan_base64_vectors(content, expected)
+            if vectors is None:
+                data = sorted(json.loads(content)["data"], key=lambda d: d["index"])
+                vectors = [_decode_embedding(d["embedding"]) for d in data]
         except (ValueError, KeyError, TypeError) as exc:
             raise EmbeddingError(
                 f"malformed embeddings response ({type(exc).__name__})", retryable=True
@@ -290,6 +292,30 @@ def _read_responses_in_large_pieces() -> None:
     connection = getattr(http11, "HTTP11Connection", None)
     if connection is not None and getattr(connection, "READ_NUM_BYTES", 0) < RESPONSE_READ_BYTES:
         connection.READ_NUM_BYTES = RESPONSE_READ_BYTES
+
+
+_BASE64_EMBEDDING = re.compile(rb'"embedding"\s*:\s*"([A-Za-z0-9+/=]*)"')
+_INDEX = re.compile(rb'"index"\s*:\s*(\d+)')
+
+
+def _scan_base64_vectors(content: bytes, expected: int) -> list[array[float]] | None:
+    """The vectors of a base64 answer read straight from its bytes, or None when the answer is
+    not the plain shape this expects (then it is parsed as JSON). json.loads would hold every
+    vector's base64 text as a str at once (8 KiB per 1536-d vector, beside the body and the
+    decoded vectors): answers of 2,048 vectors, a few at a time, made that a large part of a
+    claim's peak memory. Taken only when there are exactly `expected` embeddings whose indexes
+    run 0, 1, 2, … in the order they appear."""
+    indexes = _INDEX.findall(content)
+    if len(indexes) != expected or any(int(index) != i for i, index in enumerate(indexes)):
+        return None
+    vectors = []
+    for match in _BASE64_EMBEDDING.finditer(content):
+        vector = array("f")
+        vector.frombytes(base64.b64decode(match.group(1), validate=True))
+        if sys.byteorder == "big":
+            vector.byteswap()
+        vectors.append(vector)
+    return vectors if len(vectors) == expected else None
 
 
 def _decode_embedding(value: Any) -> array[float]:

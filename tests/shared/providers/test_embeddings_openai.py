@@ -571,3 +571,23 @@ def test_an_upstream_message_echoing_the_key_is_redacted(
     with pytest.raises(EmbeddingError) as caught:
         make_embedder().embed(["text"])
     _assert_no_key(caught.value, API_KEY)
+
+
+def test_answers_are_read_from_their_bytes_or_else_as_json() -> None:
+    import base64
+    import json
+    from array import array
+
+    from shared.providers.embeddings import _scan_base64_vectors
+
+    vectors = [array("f", [float(i), 0.5, -1.0]) for i in range(3)]
+    encoded = [base64.b64encode(v.tobytes()).decode() for v in vectors]
+    data = [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(encoded)]
+    answer = json.dumps({"object": "list", "data": data, "model": "m", "usage": {"total_tokens": 3}})
+    assert _scan_base64_vectors(answer.encode(), 3) == vectors
+    # out of order, or as floats: not the plain shape, so the caller parses JSON
+    shuffled = json.dumps({"data": [data[1], data[0], data[2]]}).encode()
+    assert _scan_base64_vectors(shuffled, 3) is None
+    floats = json.dumps({"data": [{"index": i, "embedding": list(v)} for i, v in enumerate(vectors)]})
+    assert _scan_base64_vectors(floats.encode(), 3) is None
+    assert _scan_base64_vectors(answer.encode(), 4) is None
