@@ -15,7 +15,8 @@ HERE=$(cd "$(dirname "$0")/.." && pwd)
 TREE=${3:-$HERE}
 PY=$HERE/.venv/bin/python
 WORK=$(mktemp -d /tmp/nexus-whole-XXXX)
-trap 'rm -rf "$WORK"' EXIT
+# KEEP=1 keeps the database (its NEXUS_HOME is printed), e.g. for bench/index_recall.py.
+if [ "${KEEP:-}" = 1 ]; then echo "NEXUS_HOME=$WORK/.nexus"; else trap 'rm -rf "$WORK"' EXIT; fi
 CLIENT=$("$PY" -c "import uuid; print(uuid.uuid4())")
 export NEXUS_HOME=$WORK/.nexus OPENAI_API_KEY=sk-bench OPENAI_BASE_URL=$BASE_URL
 export NEXUS_EMBEDDING_PROVIDER=openai NEXUS_SUMMARY_PROVIDER=local

@@ -67,7 +67,7 @@ def settings_for(server: OpenAIServer, db_url: str, dimensions: int = 1536) -> S
     )
 
 
-def sweep(store: PostgresStore, embedder: OpenAIEmbedder) -> Any:
+def sweep(store: Any, embedder: OpenAIEmbedder) -> Any:
     return Processor(store, embedder, LocalSummarizer()).sweep(lambda: 600.0)
 
 
@@ -339,3 +339,44 @@ def embedder_at_512(embedder: OpenAIEmbedder) -> Any:
     from shared.providers.embeddings import embedder_for
 
     return embedder_for(embedder, MODEL, 512)
+
+
+def test_the_supabase_backend_moves_generations_too(
+    db: psycopg.Connection[Any],
+    db_url: str,
+    db_client: uuid.UUID,
+    server: OpenAIServer,
+    embedder: OpenAIEmbedder,
+) -> None:
+    from shared.store.supabase import SupabaseStore
+    from tests.shared.store.test_supabase_store import KEYS, SERVICE_ROLE_KEY
+    from tests.support.postgrest import PostgrestStandIn
+
+    with PostgrestStandIn(db_url, KEYS) as postgrest:
+        store = SupabaseStore(postgrest.url, SERVICE_ROLE_KEY)
+        try:
+            insert_items(db, db_client, [document(random.Random(i), 4, 80, tag=f"rest{i}") for i in range(3)])
+            assert sweep(store, embedder).done == 3
+            chunks = count(db, "select count(*) from knowledge_chunks")
+            generation = store.start_generation(MODEL, 512)
+            assert sweep(store, embedder).generation_chunks == chunks
+            assert store.cutover_generation()["active"]["id"] == generation.id
+            new = insert_items(db, db_client, [document(random.Random(50), 4, 80, tag="after")])[0]
+            assert sweep(store, embedder).done == 1
+            rows = db.execute(
+                "select c.embedding is null as bare, v.generation_id from knowledge_chunks c "
+                "left join chunk_vectors v using (knowledge_item_id, chunk_index) "
+                "where c.knowledge_item_id = %s",
+                (new,),
+            ).fetchall()
+            assert rows and all(r["bare"] and r["generation_id"] == generation.id for r in rows)
+            text = db.execute(
+                "select content from knowledge_chunks where knowledge_item_id = %s limit 1", (new,)
+            ).fetchone()
+            assert text is not None
+            hits = search(store, settings_for(server, db_url), text["content"], 1, db_client)
+            assert hits[0].knowledge_item_id == new
+            with pytest.raises(RefusedByDatabase, match="is active"):
+                store.drop_generation(generation.id)
+        finally:
+            store.close()
