@@ -48,6 +48,7 @@ ENV_VARS: dict[str, str] = {
     "NEXUS_EMBEDDING_CONCURRENCY": "embedding_concurrency",
     "NEXUS_SUMMARY_CONCURRENCY": "summary_concurrency",
     "NEXUS_BATCH_TOKENS": "batch_tokens",
+    "NEXUS_WRITE_CONNECTIONS": "write_connections",
     "NEXUS_PROVIDER_PROBE_SECONDS": "provider_probe_s",
     "NEXUS_MAX_ITEM_TOKENS": "max_item_tokens",
 }
@@ -96,6 +97,9 @@ class Settings(BaseModel):
     summary_concurrency: int = Field(default=8, ge=1, le=64)
     # Work claimed per batch: enough for several full embedding requests in flight at once.
     batch_tokens: int = Field(default=600_000, ge=1000)
+    # Connections a process writes chunks and moves rows into the HNSW graph with, in parallel:
+    # each HNSW insert uses a server core, so more than the database's cores gains nothing.
+    write_connections: int = Field(default=2, ge=1, le=16)
     # While the fleet is backed off from a provider, one probe goes out at least this often.
     provider_probe_s: float = Field(default=120.0, ge=1, le=3600)
     # The largest item ingest accepts, in (estimated) cl100k tokens.

@@ -60,7 +60,7 @@ def store_from_settings(settings: Any, *, application_name: str = DEFAULT_APPLIC
         return _supabase(settings)
     from shared.store.postgres import PostgresStore
 
-    return PostgresStore(_holder(settings, application_name))
+    return PostgresStore(_holder(settings, application_name), write_connections=getattr(settings, "write_connections", 2))
 
 
 def _holder(settings: Any, application_name: str) -> ConnectionHolder:

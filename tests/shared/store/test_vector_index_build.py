@@ -187,3 +187,17 @@ def test_a_generations_backfill_gets_its_index_built_in_bulk(
     assert before is not None and after is not None and after["valid"] and after["oid"] != before["oid"]
     waiting = db.execute("select count(*) as n from chunk_vectors where not vector_indexed").fetchone()
     assert waiting is not None and waiting["n"] == 0 and leases(db) == []
+
+
+def test_the_parallelism_of_writes_and_index_moves_is_a_setting(db_url: str) -> None:
+    from shared.config import load_settings
+    from shared.errors import ConfigError
+    from shared.store.backends import store_from_settings
+
+    store = store_from_settings(load_settings({"DATABASE_URL": db_url, "NEXUS_WRITE_CONNECTIONS": "3"}))
+    try:
+        assert isinstance(store, PostgresStore) and store.write_connections == 3
+    finally:
+        store.close()
+    with pytest.raises(ConfigError, match="NEXUS_WRITE_CONNECTIONS"):
+        load_settings({"DATABASE_URL": db_url, "NEXUS_WRITE_CONNECTIONS": "0"})
