@@ -60,7 +60,8 @@ def store_from_settings(settings: Any, *, application_name: str = DEFAULT_APPLIC
         return _supabase(settings)
     from shared.store.postgres import PostgresStore
 
-    return PostgresStore(_holder(settings, application_name), write_connections=getattr(settings, "write_connections", 2))
+    writers = getattr(settings, "write_connections", 2)
+    return PostgresStore(_holder(settings, application_name), write_connections=writers)
 
 
 def _holder(settings: Any, application_name: str) -> ConnectionHolder:
