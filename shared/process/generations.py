@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +20,7 @@ from shared.store.rows import Generation, GenerationChunk
 
 __all__ = ["FILL_BATCH_CHUNKS", "FILL_RESERVE_S", "FillReport", "GenerationFill"]
 
-FILL_BATCH_CHUNKS = 1024  # chunks leased per claim of a fill (one or a few embedding requests)
+FILL_BATCH_CHUNKS = 1024  # chunks per store call; a claim leases up to twice as many
 FILL_RESERVE_S = 5.0  # a fill claims no more when less than this is left of the invocation
 FILL_LEASE_MARGIN_S = 30.0
 
@@ -34,7 +35,8 @@ class FillReport:
 class GenerationFill:
     """Fills generations with the vectors their chunks lack: leases chunks, reuses any vector
     stored for the same text, model and dimensions, embeds the rest once per distinct text, and
-    stores them (dropping the leases). A provider failure gives the leases back and is raised."""
+    stores them (dropping the leases). One batch is stored while the next is embedded. A provider
+    failure stores what was embedded, gives the other leases back, and is raised."""
 
     def __init__(self, store: Store, embedder: Embedder, worker: str) -> None:
         self.store = store
@@ -51,29 +53,49 @@ class GenerationFill:
         """Fill until nothing is missing (of `item_ids` when given) or FILL_RESERVE_S is left."""
         report = report or FillReport()
         embedder = embedder_for(self.embedder, generation.model, generation.dimensions)
-        while remaining_s() > FILL_RESERVE_S:
-            lease = min(remaining_s(), 3600.0) + FILL_LEASE_MARGIN_S
-            chunks = self.store.claim_generation_chunks(
-                generation.id, self.worker, FILL_BATCH_CHUNKS, lease, item_ids
-            )
-            if not chunks:
-                break
+        # as many chunks a claim as about two full requests carry, sent at once
+        batch = FILL_BATCH_CHUNKS * min(max(embedder.concurrency, 1), 2)
+        with ThreadPoolExecutor(max_workers=1) as storer:
+            storing: Future[int] | None = None
             try:
-                vectors = self._vectors(generation, embedder, chunks, report)
-            except EmbeddingError:
-                self.store.release_generation_chunks(generation.id, self.worker)
-                raise
-            report.chunks += self.store.store_generation_vectors(generation.id, self.worker, chunks, vectors)
-            if item_ids is not None and len(chunks) < FILL_BATCH_CHUNKS:
-                break  # (a full fill claims until the answer is empty: that look marks it filled)
+                while remaining_s() > FILL_RESERVE_S:
+                    lease = min(remaining_s(), 3600.0) + FILL_LEASE_MARGIN_S
+                    chunks = self.store.claim_generation_chunks(
+                        generation.id, self.worker, batch, lease, item_ids
+                    )
+                    if not chunks:
+                        if storing is None:
+                            break
+                        report.chunks += storing.result()
+                        storing = None
+                        continue  # look once more with nothing in flight: that look marks it filled
+                    found = self._reused(generation, chunks)
+                    report.chunks += storing.result() if storing is not None else 0
+                    storing = None
+                    try:
+                        vectors = self._embedded(embedder, chunks, found, report)
+                    except EmbeddingError:
+                        self.store.release_generation_chunks(generation.id, self.worker)
+                        raise
+                    storing = storer.submit(self._store, generation, chunks, vectors)
+                    if item_ids is not None and len(chunks) < batch:
+                        break  # (a full fill claims until the answer is empty: that look marks it filled)
+            finally:
+                if storing is not None:
+                    report.chunks += storing.result()
         return report
 
-    def _vectors(
-        self, generation: Generation, embedder: Embedder, chunks: list[GenerationChunk], report: FillReport
+    def _reused(self, generation: Generation, chunks: list[GenerationChunk]) -> dict[str, Any]:
+        """Vectors already stored for these chunks' texts (this model and dimensions)."""
+        hashes = list(dict.fromkeys(c.content_sha256 for c in chunks))
+        return self.store.find_embeddings(hashes, generation.model, generation.dimensions)
+
+    @staticmethod
+    def _embedded(
+        embedder: Embedder, chunks: list[GenerationChunk], found: dict[str, Any], report: FillReport
     ) -> list[Any]:
-        """A vector per chunk: stored ones reused, the others embedded once per distinct text."""
+        """A vector per chunk: the reused ones, the others embedded once per distinct text."""
         texts = {c.content_sha256: c for c in chunks}
-        found = self.store.find_embeddings(list(texts), generation.model, generation.dimensions)
         missing = [h for h in texts if h not in found]
         if missing:
             embedded = embedder.embed(
@@ -83,3 +105,13 @@ class GenerationFill:
             report.embedded += len(missing)
             report.tokens += sum(texts[h].token_count for h in missing)
         return [found[c.content_sha256] for c in chunks]
+
+    def _store(self, generation: Generation, chunks: list[GenerationChunk], vectors: list[Any]) -> int:
+        """Store in slices of FILL_BATCH_CHUNKS (each call's vectors travel as text)."""
+        stored = 0
+        for start in range(0, len(chunks), FILL_BATCH_CHUNKS):
+            end = start + FILL_BATCH_CHUNKS
+            stored += self.store.store_generation_vectors(
+                generation.id, self.worker, chunks[start:end], vectors[start:end]
+            )
+        return stored
