@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -89,13 +88,13 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def plan_figures(plan: dict[str, Any], model: str, dimensions: int) -> dict[str, Any]:
-    """The database's plan with what follows from it: requests (packed as the API allows) and
-    estimated USD (None for a model without a known price)."""
-    from shared.providers.embeddings import MAX_INPUTS_PER_REQUEST, MAX_TOKENS_PER_REQUEST
+    """The database's plan with what follows from it: requests (as the sweeps' fills pack them)
+    and estimated USD (None for a model without a known price)."""
+    from shared.process.generations import fill_requests
     from shared.providers.prices import embedding_price_per_million
 
     inputs, tokens = int(plan.get("inputs_to_embed", 0)), int(plan.get("tokens_to_embed", 0))
-    requests = max(math.ceil(tokens / MAX_TOKENS_PER_REQUEST), math.ceil(inputs / MAX_INPUTS_PER_REQUEST))
+    requests = fill_requests(inputs, tokens)
     price = embedding_price_per_million(model)
     return {
         "model": model,

@@ -8,21 +8,54 @@ stored, then for any chunk, after live work, in sweeps).
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from shared.providers.embeddings import Embedder, EmbeddingError, embedder_for
+from shared.providers.embeddings import (
+    MAX_INPUTS_PER_REQUEST,
+    MAX_TOKENS_PER_REQUEST,
+    Embedder,
+    EmbeddingError,
+    embedder_for,
+)
 from shared.store import Store
 from shared.store.rows import Generation, GenerationChunk
 
-__all__ = ["FILL_BATCH_CHUNKS", "FILL_RESERVE_S", "FillReport", "GenerationFill"]
+__all__ = [
+    "FILL_BATCH_CHUNKS",
+    "FILL_RESERVE_S",
+    "FillReport",
+    "GenerationFill",
+    "fill_batch",
+    "fill_requests",
+]
 
 FILL_BATCH_CHUNKS = 1024  # chunks per store call; a claim leases up to twice as many
 FILL_RESERVE_S = 5.0  # a fill claims no more when less than this is left of the invocation
 FILL_LEASE_MARGIN_S = 30.0
+
+
+def fill_batch(concurrency: int) -> int:
+    """Chunks one claim of a fill leases: about two full requests' worth, sent at once."""
+    return FILL_BATCH_CHUNKS * min(max(concurrency, 1), 2)
+
+
+def fill_requests(inputs: int, tokens: int, concurrency: int = 4) -> int:
+    """About how many embedding requests a fill of `inputs` texts of `tokens` in all sends: each
+    claim's inputs packed within the API's limits (`pack_requests`)."""
+    if inputs <= 0:
+        return 0
+    claims = math.ceil(inputs / fill_batch(concurrency))
+    per_claim = math.ceil(tokens / claims)
+    inputs_per_claim = math.ceil(inputs / claims)
+    per_request = max(
+        math.ceil(per_claim / MAX_TOKENS_PER_REQUEST), math.ceil(inputs_per_claim / MAX_INPUTS_PER_REQUEST)
+    )
+    return claims * per_request
 
 
 @dataclass
@@ -53,8 +86,7 @@ class GenerationFill:
         """Fill until nothing is missing (of `item_ids` when given) or FILL_RESERVE_S is left."""
         report = report or FillReport()
         embedder = embedder_for(self.embedder, generation.model, generation.dimensions)
-        # as many chunks a claim as about two full requests carry, sent at once
-        batch = FILL_BATCH_CHUNKS * min(max(embedder.concurrency, 1), 2)
+        batch = fill_batch(embedder.concurrency)
         with ThreadPoolExecutor(max_workers=1) as storer:
             storing: Future[int] | None = None
             try:

@@ -381,3 +381,14 @@ def test_the_supabase_backend_moves_generations_too(
                 store.drop_generation(generation.id)
         finally:
             store.close()
+
+
+def test_the_plan_counts_requests_as_the_fills_pack_them() -> None:
+    from shared.process.generations import fill_requests
+
+    assert fill_requests(0, 0) == 0
+    assert fill_requests(41, 12_000) == 1
+    # 100,000 chunks of 301 tokens: 49 claims of 2,048, each 616k tokens in three requests
+    # (bench/generation_bench.py sent 146)
+    assert fill_requests(100_000, 30_099_000) == 147
+    assert fill_requests(100_000, 30_099_000, concurrency=1) == 98 * 2
