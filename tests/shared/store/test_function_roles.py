@@ -160,3 +160,16 @@ def test_gcal_keeps_tokens_and_sees_no_knowledge(role_url: Any) -> None:
         ):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute(statement)
+
+
+def test_functions_that_run_as_their_owner_search_pg_catalog_first(db: psycopg.Connection[Any]) -> None:
+    """A security definer function whose search_path put `public` first would run whatever a role
+    able to create objects there named like a built-in, with the owner's rights."""
+    rows = db.execute(
+        "select p.oid::regprocedure::text as name, p.proconfig from pg_proc p "
+        "join pg_namespace n on n.oid = p.pronamespace where p.prosecdef and n.nspname in ('public', 'nexus')"
+    ).fetchall()
+    assert len(rows) >= 4
+    for row in rows:
+        path = next((c for c in row["proconfig"] or [] if c.startswith("search_path=")), "")
+        assert path.partition("=")[2].split(",")[0].strip() == "pg_catalog", row["name"]
