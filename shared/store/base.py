@@ -23,8 +23,8 @@ from array import array
 from typing import Any
 
 from shared.errors import NexusError
-from shared.store.generations import GenerationCalls
-from shared.store.rows import ClaimedItem, CompletedItem, GenerationChunk, IngestOutcome, SearchHit
+from shared.store.generations import GenerationCalls, completed_chunks
+from shared.store.rows import ClaimedItem, CompletedItem, IngestOutcome, SearchHit
 from shared.store.vectors import from_pgvector_text, to_pgvector_text
 
 __all__ = ["SqlFunctionStore"]
@@ -34,14 +34,6 @@ class SqlFunctionStore(GenerationCalls):
     """The store's calls over a backend's `_rows` and `_value` (see the module docstring)."""
 
     max_rows: int | None = None
-
-    def _rows(
-        self, function: str, arguments: dict[str, Any], *, idempotent: bool = False, vectors: bool = False
-    ) -> list[dict[str, Any]]:
-        raise NotImplementedError
-
-    def _value(self, function: str, arguments: dict[str, Any], *, idempotent: bool = False) -> Any:
-        raise NotImplementedError
 
     def close(self) -> None:
         raise NotImplementedError
@@ -147,16 +139,8 @@ class SqlFunctionStore(GenerationCalls):
         second call here (PostgREST runs one function per transaction). If it fails, the
         generation is marked as lacking vectors, and the sweeps fill them."""
         assert c.generation is not None
-        chunks = [
-            GenerationChunk(
-                c.item.id, chunk.chunk_index, chunk.content, chunk.content_sha256, chunk.token_count
-            )
-            for chunk in c.chunks
-        ]
         try:
-            self.store_generation_vectors(
-                c.generation.id, worker, chunks, [chunk.embedding for chunk in c.chunks]
-            )
+            self.store_generation_vectors(c.generation.id, worker, *completed_chunks(c))
         except NexusError:
             self.release_generation_chunks(c.generation.id, worker)
             raise

@@ -13,10 +13,18 @@ from collections.abc import Sequence
 from typing import Any
 
 from shared.errors import ConfigError
-from shared.store.rows import Generation, GenerationChunk
+from shared.store.primitives import FunctionCalls
+from shared.store.rows import CompletedItem, Generation, GenerationChunk
 from shared.store.vectors import to_pgvector_text
 
-__all__ = ["GenerationCalls", "active_generation", "generations_from_facts", "generations_to_fill"]
+__all__ = [
+    "GenerationCalls",
+    "active_generation",
+    "completed_chunks",
+    "generations_from_facts",
+    "generations_to_fill",
+    "store_vectors_arguments",
+]
 
 
 def generations_from_facts(facts: dict[str, Any]) -> list[Generation]:
@@ -54,16 +62,32 @@ def generations_to_fill(generations: Sequence[Generation]) -> list[Generation]:
     return sorted(wanted, key=lambda g: g.state != "active")
 
 
-class GenerationCalls:
+def completed_chunks(completed: CompletedItem) -> tuple[list[GenerationChunk], list[array[float]]]:
+    """A completed item's chunks and their vectors, as `store_generation_vectors` takes them."""
+    chunks = [
+        GenerationChunk(completed.item.id, c.chunk_index, c.content, c.content_sha256, c.token_count)
+        for c in completed.chunks
+    ]
+    return chunks, [c.embedding for c in completed.chunks]
+
+
+def store_vectors_arguments(
+    generation_id: int, worker: str, chunks: list[GenerationChunk], vectors: list[array[float]]
+) -> dict[str, Any]:
+    """The arguments of `store_generation_vectors` (vectors in pgvector's text form, which
+    PostgREST's JSON and psycopg both pass)."""
+    return {
+        "generation": generation_id,
+        "worker": worker,
+        "item_ids": [c.knowledge_item_id for c in chunks],
+        "chunk_indexes": [c.chunk_index for c in chunks],
+        "hashes": [c.content_sha256 for c in chunks],
+        "embeddings": [to_pgvector_text(v) for v in vectors],
+    }
+
+
+class GenerationCalls(FunctionCalls):
     """Generation calls over a backend's `_rows` and `_value` (see `shared.store.base`)."""
-
-    def _rows(
-        self, function: str, arguments: dict[str, Any], *, idempotent: bool = False, vectors: bool = False
-    ) -> list[dict[str, Any]]:
-        raise NotImplementedError
-
-    def _value(self, function: str, arguments: dict[str, Any], *, idempotent: bool = False) -> Any:
-        raise NotImplementedError
 
     def ensure_generation(self, model: str, dimensions: int) -> Generation:
         """The active generation; on a database with none yet, one made from these settings."""
@@ -120,14 +144,7 @@ class GenerationCalls:
         drop this worker's leases on them; returns how many were stored."""
         if not chunks:
             return 0
-        arguments = {
-            "generation": generation_id,
-            "worker": worker,
-            "item_ids": [c.knowledge_item_id for c in chunks],
-            "chunk_indexes": [c.chunk_index for c in chunks],
-            "hashes": [c.content_sha256 for c in chunks],
-            "embeddings": [to_pgvector_text(v) for v in vectors],
-        }
+        arguments = store_vectors_arguments(generation_id, worker, chunks, vectors)
         return int(self._value("store_generation_vectors", arguments) or 0)
 
     def release_generation_chunks(self, generation_id: int, worker: str) -> int:

@@ -29,8 +29,8 @@ from psycopg.types.json import Jsonb
 from shared.errors import NexusError, RefusedByDatabase
 from shared.store.base import SqlFunctionStore
 from shared.store.database import ConnectionHolder
-from shared.store.rows import CompletedItem
-from shared.store.vectors import to_pgvector_text
+from shared.store.generations import completed_chunks, store_vectors_arguments
+from shared.store.rows import CompletedItem, GenerationChunk
 
 __all__ = ["INDEX_SPLIT_MIN_ROWS", "PARALLEL_WRITE_MIN_CHUNKS", "PostgresStore"]
 
@@ -263,20 +263,14 @@ def _store_table_vectors(conn: Any, worker: str, completed: list[CompletedItem])
     """The vectors of items whose active generation keeps them in `chunk_vectors`, stored in
     the transaction that writes their chunks (`store_generation_vectors`)."""
     for generation in {c.generation.id for c in completed if c.generation is not None}:
-        batch = [
-            (c, chunk)
-            for c in completed
-            if c.generation is not None and c.generation.id == generation
-            for chunk in c.chunks
-        ]
-        arguments = {
-            "generation": generation,
-            "worker": worker,
-            "item_ids": [c.item.id for c, _ in batch],
-            "chunk_indexes": [chunk.chunk_index for _, chunk in batch],
-            "hashes": [chunk.content_sha256 for _, chunk in batch],
-            "embeddings": [to_pgvector_text(chunk.embedding) for _, chunk in batch],
-        }
+        chunks: list[GenerationChunk] = []
+        vectors: list[Any] = []
+        for c in completed:
+            if c.generation is not None and c.generation.id == generation:
+                item_chunks, item_vectors = completed_chunks(c)
+                chunks += item_chunks
+                vectors += item_vectors
+        arguments = store_vectors_arguments(generation, worker, chunks, vectors)
         conn.execute(_statement(_VALUE, "store_generation_vectors", tuple(arguments)), _parameters(arguments))
 
 
