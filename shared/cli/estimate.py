@@ -125,16 +125,16 @@ def _summary_figures(store: Any, settings: Settings, documents: list[Any]) -> di
         return {**figures, "usd": 0.0}
     folds = math.ceil(len(documents) / max(getattr(summarizer, "fold_batch", 50), 1)) if documents else 0
     for source, texts, counts in documents:
-        keys = summarizer.first_keys(texts, source, counts)
+        calls = summarizer.first_calls(texts, source, counts)
+        keys = [key for key, _, _ in calls]
         known = store.find_summaries(keys)
-        instruction = count_tokens(summarizer._item_instruction(source))
-        groups = _group_tokens(counts, MAP_INPUT_TOKENS)
-        for key, group_tokens in zip(keys, groups, strict=True):
+        instruction = count_tokens(calls[0][1])
+        for key, _, text in calls:
             if key in known:
                 figures["calls_reused"] += 1
                 continue
             figures["calls"] += 1
-            figures["prompt_tokens"] += instruction + group_tokens + MESSAGE_OVERHEAD_TOKENS
+            figures["prompt_tokens"] += instruction + count_tokens(text) + MESSAGE_OVERHEAD_TOKENS
             figures["completion_tokens"] += ANSWER_TOKENS
         partials = len(keys)
         while partials > 1:  # the reduce rounds: summaries of summaries
@@ -157,20 +157,6 @@ def _summary_figures(store: Any, settings: Settings, documents: list[Any]) -> di
         )
     )
     return figures
-
-
-def _group_tokens(counts: list[int], limit: int) -> list[int]:
-    """The token total of each group `_group_chunks` makes of chunks with these counts."""
-    groups: list[int] = []
-    current = 0
-    for count in counts:
-        if current and current + count > limit:
-            groups.append(current)
-            current = 0
-        current += count
-    if current or not groups:
-        groups.append(current)
-    return groups
 
 
 def cmd_estimate(args: argparse.Namespace, settings: Settings) -> int:

@@ -22,10 +22,10 @@ __all__ = [
     "FINISH_RESERVE_S",
     "INDEX_AFTER_ITEM_S",
     "INDEX_BUILDS_PER_RUN",
-    "INDEX_BUILD_LEASE_MAX_S",
     "INDEX_BUILD_MIN_ROWS",
     "ITEM_CHUNK_MIN_S",
     "LEASE_MARGIN_S",
+    "LONGEST_LEASE_S",
     "MAX_CLAIM_ITEMS",
     "REMOTE_SUMMARY_S",
     "SWEEP_RESERVE_S",
@@ -44,6 +44,7 @@ __all__ = [
 ]
 
 LEASE_MARGIN_S = 30.0  # a lease outlives its invocation by this much, no more
+LONGEST_LEASE_S = 3600.0  # the lease of work with no end to its time (the CLI's --all), margin apart
 SWEEP_RESERVE_S = 5.0  # stop claiming when less than this is left
 # Summaries stop starting this long before the end (items left unsummarised go back to the queue,
 # no attempt counted), and a sweep sizes each claim to take at most CLAIM_TIME_SHARE of the time
@@ -68,7 +69,6 @@ INDEX_AFTER_ITEM_S = 3.0  # what a webhook, queue or CLI item trigger spends on 
 INDEX_BUILD_MIN_ROWS = 500
 INDEX_BUILD_S_PER_ROW = 0.002
 INDEX_BUILDS_PER_RUN = 4  # rebuilds one run may do: the column's index, then generations'
-INDEX_BUILD_LEASE_MAX_S = 3600.0  # a rebuild's lease with no end to the time (the CLI's --all)
 # A scheduled sweep waits for a backed-off provider's next probe only if this much of its time
 # would be left for work afterwards; it rechecks at least this often.
 PROBE_WAIT_MIN_WORK_S = 30.0
@@ -85,9 +85,10 @@ def countdown(remaining_s: Callable[[], float] | float) -> Callable[[], float]:
 
 
 def lease_s(remaining_s: float) -> float:
-    """How long a claim made with `remaining_s` left is leased: until shortly after the
-    invocation must have ended, so a crashed one's items are soon claimable again."""
-    return remaining_s + LEASE_MARGIN_S
+    """How long work started with `remaining_s` left is leased: until shortly after the
+    invocation must have ended (at most LONGEST_LEASE_S when the time has no end), so a crashed
+    one's work is soon claimable again."""
+    return min(remaining_s, LONGEST_LEASE_S) + LEASE_MARGIN_S
 
 
 def calls_deadline(end: float) -> float:

@@ -15,6 +15,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from shared.process.budgets import lease_s
 from shared.providers.embeddings import (
     MAX_INPUTS_PER_REQUEST,
     MAX_TOKENS_PER_REQUEST,
@@ -36,7 +37,6 @@ __all__ = [
 
 FILL_BATCH_CHUNKS = 1024  # chunks per store call; a claim leases up to twice as many
 FILL_RESERVE_S = 5.0  # a fill claims no more when less than this is left of the invocation
-FILL_LEASE_MARGIN_S = 30.0
 
 
 def fill_batch(concurrency: int) -> int:
@@ -91,7 +91,7 @@ class GenerationFill:
             storing: Future[int] | None = None
             try:
                 while remaining_s() > FILL_RESERVE_S:
-                    lease = min(remaining_s(), 3600.0) + FILL_LEASE_MARGIN_S
+                    lease = lease_s(remaining_s())
                     chunks = self.store.claim_generation_chunks(
                         generation.id, self.worker, batch, lease, item_ids
                     )

@@ -26,7 +26,6 @@ from shared.logs import get_logger
 from shared.process.budgets import (
     CHARS_PER_TOKEN,
     INDEX_AFTER_ITEM_S,
-    INDEX_BUILD_LEASE_MAX_S,
     INDEX_BUILD_MIN_ROWS,
     INDEX_BUILDS_PER_RUN,
     ITEM_CHUNK_MIN_S,
@@ -319,7 +318,7 @@ class Processor(ClaimStages, ItemOutcomes):
                 break
             try:
                 built = self.store.build_vector_index(
-                    self.worker, lease_s(min(left, INDEX_BUILD_LEASE_MAX_S)), INDEX_BUILD_MIN_ROWS, max_rows
+                    self.worker, lease_s(left), INDEX_BUILD_MIN_ROWS, max_rows
                 )
             except NexusError as exc:
                 self.logger.warning("a vector index was not rebuilt", extra={"error": str(exc)})

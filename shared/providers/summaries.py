@@ -245,14 +245,20 @@ class OpenAISummarizer:
             "Keep names, numbers and decisions; no preamble."
         )
 
+    def first_calls(
+        self, chunks: Sequence[str], source: str = "", token_counts: Sequence[int] | None = None
+    ) -> list[tuple[str, str, str]]:
+        """An item's first round of calls as (memo key, instruction, text): for an item of one
+        part, its summary. `token_counts`: the chunks' exact cl100k counts, when known."""
+        instruction = self._item_instruction(source)
+        groups = _group_chunks(chunks, MAP_INPUT_TOKENS, token_counts)
+        return [(summary_key(self.model, instruction, group), instruction, group) for group in groups]
+
     def first_keys(
         self, chunks: Sequence[str], source: str = "", token_counts: Sequence[int] | None = None
     ) -> list[str]:
-        """The memo keys of an item's first round of calls (for an item of one part, its summary).
-        `token_counts`: the chunks' exact cl100k counts, when known (saves counting again)."""
-        instruction = self._item_instruction(source)
-        groups = _group_chunks(chunks, MAP_INPUT_TOKENS, token_counts)
-        return [summary_key(self.model, instruction, group) for group in groups]
+        """The memo keys of an item's first round of calls (`first_calls`)."""
+        return [key for key, _, _ in self.first_calls(chunks, source, token_counts)]
 
     def summarize_item(
         self,

@@ -38,16 +38,9 @@ MODEL = "text-embedding-3-small"
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 
-@pytest.fixture(scope="module")
-def running_server() -> Iterator[OpenAIServer]:
-    with OpenAIServer(latency_ms=0) as server:
-        yield server
-
-
 @pytest.fixture
-def server(running_server: OpenAIServer) -> OpenAIServer:
-    running_server.reset()
-    return running_server
+def server(openai_server: OpenAIServer) -> OpenAIServer:
+    return openai_server  # the session's local server, reset for the test
 
 
 @pytest.fixture
