@@ -18,6 +18,7 @@ claims, searches and backlogs are capped to it and look-ups go in pages of it.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from array import array
 from typing import Any
@@ -141,9 +142,15 @@ class SqlFunctionStore(GenerationCalls):
         assert c.generation is not None
         try:
             self.store_generation_vectors(c.generation.id, worker, *completed_chunks(c))
-        except NexusError:
-            self.release_generation_chunks(c.generation.id, worker)
-            raise
+        except NexusError as exc:  # the item is stored: the rest of the claim must be too
+            from shared.logs import get_logger
+
+            get_logger().warning(
+                "vectors not stored with their item; the sweeps fill them",
+                extra={"knowledge_item_id": str(c.item.id), "error": str(exc)},
+            )
+            with contextlib.suppress(NexusError):
+                self.release_generation_chunks(c.generation.id, worker)
 
     def fail_item(
         self,

@@ -385,3 +385,37 @@ def test_the_plan_counts_requests_as_the_fills_pack_them() -> None:
     # (bench/generation_bench.py sent 146)
     assert fill_requests(100_000, 30_099_000) == 147
     assert fill_requests(100_000, 30_099_000, concurrency=1) == 98 * 2
+
+
+def test_through_postgrest_a_failed_vector_write_leaves_the_claim_stored_and_the_sweep_fills_it(
+    db: psycopg.Connection[Any],
+    db_url: str,
+    db_client: uuid.UUID,
+    server: OpenAIServer,
+    embedder: OpenAIEmbedder,
+) -> None:
+    from shared.store.supabase import SupabaseStore
+    from tests.shared.store.test_supabase_store import KEYS, SERVICE_ROLE_KEY
+    from tests.support.postgrest import PostgrestStandIn
+
+    with PostgrestStandIn(db_url, KEYS) as postgrest:
+        store = SupabaseStore(postgrest.url, SERVICE_ROLE_KEY)
+        try:
+            store.ensure_generation(MODEL, 512)  # a new database whose first generation is a table one
+            ids = insert_items(
+                db, db_client, [document(random.Random(i), 3, 60, tag=f"w{i}") for i in range(3)]
+            )
+            signature = "public.store_generation_vectors(integer, text, uuid[], integer[], text[], text[])"
+            db.execute(f"revoke execute on function {signature} from service_role")
+            try:
+                processor = Processor(store, embedder_at_512(embedder), LocalSummarizer())
+                assert processor.sweep(lambda: 600.0).done == 3  # every item stored, none lost
+            finally:
+                db.execute(f"grant execute on function {signature} to service_role")
+            assert count(db, "select count(*) from chunk_vectors") == 0
+            assert count(db, "select count(*) from embedding_generations where unfilled") == 1
+            report = Processor(store, embedder_at_512(embedder), LocalSummarizer()).sweep(lambda: 600.0)
+            chunks = count(db, "select count(*) from knowledge_chunks where knowledge_item_id = any(%s)", ids)
+            assert report.generation_chunks == chunks == count(db, "select count(*) from chunk_vectors")
+        finally:
+            store.close()
