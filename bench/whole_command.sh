@@ -8,6 +8,8 @@
 #
 # CORPUS_DIR: e.g. the first 500 pages of /usr/share/doc/postgresql-doc-15/html by file name.
 # TREE: the checkout whose code runs (default: this one), with this checkout's .venv.
+# GENERATION=512: afterwards, `nexus embeddings start` at 512 dimensions, then time the backfill
+# (`nexus process --all`: fill and index) and the cutover, as whole commands.
 set -euo pipefail
 CORPUS=$1
 BASE_URL=$2
@@ -34,6 +36,15 @@ t2=$(now)
 t3=$(now)
 state=$("$PY" -m shared.cli status --json | "$PY" -c \
   "import json, sys; d = json.load(sys.stdin); print(d['counts'], d['chunks'], 'chunks,', d['chunks_awaiting_index'], 'awaiting the index')")
+if [ -n "${GENERATION:-}" ]; then  # GENERATION=512: then move the database to that many dimensions
+  "$PY" -m shared.cli embeddings start --model text-embedding-3-small --dimensions "$GENERATION" > "$WORK/start.out"
+  t4=$(now)
+  /usr/bin/time -f "%M" -o "$WORK/fill.rss" "$PY" -m shared.cli process --all > "$WORK/fill.out" 2>&1
+  t5=$(now)
+  "$PY" -m shared.cli embeddings cutover > "$WORK/cutover.out"
+  t6=$(now)
+  echo "backfill to $GENERATION dimensions: nexus process --all $(elapsed "$t4" "$t5") s, peak RSS $(( $(cat "$WORK/fill.rss") / 1024 )) MiB; cutover $(elapsed "$t5" "$t6") s; $(tail -1 "$WORK/fill.out")"
+fi
 echo "first use (cluster + migrations) $(elapsed "$t0" "$t1") s"
 echo "nexus ingest $(elapsed "$t1" "$t2") s, peak RSS $(( $(cat "$WORK/ingest.rss") / 1024 )) MiB"
 echo "nexus process --all $(elapsed "$t2" "$t3") s, peak RSS $(( $(cat "$WORK/process.rss") / 1024 )) MiB"
