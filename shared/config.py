@@ -6,6 +6,7 @@ call it on their first invocation so a bad setting fails that call with one clea
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from functools import lru_cache
@@ -51,6 +52,7 @@ ENV_VARS: dict[str, str] = {
     "NEXUS_WRITE_CONNECTIONS": "write_connections",
     "NEXUS_PROVIDER_PROBE_SECONDS": "provider_probe_s",
     "NEXUS_MAX_ITEM_TOKENS": "max_item_tokens",
+    "NEXUS_PRICES": "prices",
 }
 _FIELD_TO_ENV = {field: env for env, field in ENV_VARS.items()}
 
@@ -104,6 +106,34 @@ class Settings(BaseModel):
     provider_probe_s: float = Field(default=120.0, ge=1, le=3600)
     # The largest item ingest accepts, in (estimated) cl100k tokens.
     max_item_tokens: int = Field(default=1_000_000, ge=1000)
+    # USD per million tokens, (input, output), by model, over the defaults in
+    # shared.providers.prices: JSON such as {"my-model": {"input": 0.1, "output": 0.4}}.
+    prices: dict[str, tuple[float, float]] = Field(default_factory=dict)
+
+    @field_validator("prices", mode="before")
+    @classmethod
+    def _read_prices(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        try:
+            table = json.loads(value)
+        except ValueError:
+            raise ValueError(
+                'it must be JSON such as {"gpt-4o-mini": {"input": 0.15, "output": 0.6}}'
+            ) from None
+        if not isinstance(table, dict):
+            raise ValueError("it must be a JSON object of models")
+        prices: dict[str, tuple[float, float]] = {}
+        for model, price in table.items():
+            if not isinstance(price, dict) or not isinstance(price.get("input"), int | float):
+                raise ValueError(f'the price of {model} needs "input" (USD per million tokens)')
+            output = price.get("output", 0)
+            if not isinstance(output, int | float) or price["input"] < 0 or output < 0:
+                raise ValueError(
+                    f"the prices of {model} must be numbers of USD per million tokens, not negative"
+                )
+            prices[str(model)] = (float(price["input"]), float(output))
+        return prices
 
     @field_validator("ingest_api_keys", mode="before")
     @classmethod

@@ -81,7 +81,11 @@ def _age(seconds: float) -> str:
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
-    status = open_store(settings).status()
+    store = open_store(settings)
+    try:
+        status = store.status()
+    finally:
+        store.close()
     if args.json:
         print(json.dumps(status, default=str, indent=2))
         return 0
@@ -103,6 +107,11 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
             f"claiming paused: {provider['provider']} {why} since {provider['opened_at']}; "
             f"next probe at {provider['probe_at']}; last error: {provider['last_error']}"
         )
+    from shared.cli.usage import budget_line
+
+    for budget in status.get("budgets", []):
+        if budget.get("over_budget"):
+            print(f"waiting for budget: {budget_line(budget)}")
     deferred = status.get("deferred_by_provider", 0)
     if deferred:
         print(f"waiting on the provider: {deferred} item(s), no attempt counted")
@@ -137,7 +146,10 @@ def cmd_process(args: argparse.Namespace, settings: Settings) -> int:
             f"({summary['generation_embedded']} embedded; the rest reused)"
         )
     if args.item is not None and not report.claimed:
-        print(f"item {args.item} needed no processing (already done, leased elsewhere, or unknown)")
+        print(
+            f"item {args.item} needed no processing (already done, leased elsewhere, unknown, "
+            "or its client is at its monthly budget)"
+        )
     return 1 if report.failed else 0
 
 
@@ -198,11 +210,13 @@ def build_parser() -> argparse.ArgumentParser:
     from shared.cli.embeddings import add_embeddings_commands
     from shared.cli.estimate import add_estimate_command
     from shared.cli.gcal import add_gcal_commands
+    from shared.cli.usage import add_usage_commands
 
     add_dev_commands(commands)
     add_embeddings_commands(commands)
     add_estimate_command(commands)
     add_gcal_commands(commands)
+    add_usage_commands(commands)
     return parser
 
 

@@ -13,8 +13,10 @@ from typing import Any
 
 from shared.process.budgets import is_local
 from shared.process.report import ProcessingReport
+from shared.process.usage import ClaimUsage
 from shared.providers.deadlines import submit
 from shared.providers.embeddings import Embedder, EmbeddingError
+from shared.providers.usage import UsageMeter, metered
 from shared.store import Store
 from shared.text.chunking import Chunk
 
@@ -50,10 +52,18 @@ class EmbeddingFeed:
     LOOKUP_BATCH = 256
     ESTIMATE_MARGIN = 1.25  # how much larger than estimated the rest of a claim may turn out
 
-    def __init__(self, store: Store, embedder: Embedder, report: ProcessingReport, claim_chars: int) -> None:
+    def __init__(
+        self,
+        store: Store,
+        embedder: Embedder,
+        report: ProcessingReport,
+        claim_chars: int,
+        usage: ClaimUsage | None = None,
+    ) -> None:
         self.store = store
         self.embedder = embedder
         self.report = report
+        self.usage = usage
         self.texts: dict[str, Chunk] = {}  # a chunk of every distinct text, by its hash
         self.vectors: dict[str, Any] = {}
         self.error: EmbeddingError | None = None
@@ -67,7 +77,7 @@ class EmbeddingFeed:
         self._pack_tokens = 0
         self._wanted_tokens = self._wanted_inputs = 0  # of the chunks looked up and found missing
         self._sent_tokens = self._sent_inputs = 0  # of those, already sent
-        self._sent: list[tuple[list[str], Future[list[Any]]]] = []
+        self._sent: list[tuple[list[str], Future[tuple[list[Any], UsageMeter]]]] = []
         self._pool = (
             None if is_local(embedder) else ThreadPoolExecutor(max_workers=max(1, embedder.concurrency))
         )
@@ -96,11 +106,13 @@ class EmbeddingFeed:
             self._send(len(self._pack))
         for hashes, future in self._sent:
             try:
-                vectors = future.result()
+                vectors, meter = future.result()
             except EmbeddingError as exc:
                 self.error = self.error or exc
                 continue
             self.vectors.update(zip(hashes, vectors, strict=True))
+            if self.usage is not None:
+                self.usage.embedded(hashes, [self.texts[h].token_count for h in hashes], meter)
             self.report.embedded_chunks += len(hashes)
             self.report.embedded_tokens += sum(self.texts[h].token_count for h in hashes)
         self._sent = []
@@ -174,4 +186,9 @@ class EmbeddingFeed:
             return  # embedded (or failed) by the pipeline afterwards
         texts = [self.texts[h].text for h in pack]
         ids = [self.texts[h].token_ids for h in pack]
-        self._sent.append((pack, submit(self._pool, self.embedder.embed, texts, tokens, ids)))
+        self._sent.append((pack, submit(self._pool, self._embed, texts, tokens, ids)))
+
+    def _embed(self, texts: list[str], tokens: list[int], ids: list[Any]) -> tuple[list[Any], UsageMeter]:
+        """One request's vectors, and what the API said it cost."""
+        with metered() as meter:
+            return self.embedder.embed(texts, tokens, ids), meter

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared.process.budgets import lease_s
+from shared.process.usage import usage_entries
 from shared.providers.embeddings import (
     MAX_INPUTS_PER_REQUEST,
     MAX_TOKENS_PER_REQUEST,
@@ -23,8 +24,10 @@ from shared.providers.embeddings import (
     EmbeddingError,
     embedder_for,
 )
+from shared.providers.prices import PriceTable
+from shared.providers.usage import UsageMeter, apportion, metered
 from shared.store import Store
-from shared.store.rows import Generation, GenerationChunk
+from shared.store.rows import Generation, GenerationChunk, UsageEntry
 
 __all__ = [
     "FILL_BATCH_CHUNKS",
@@ -71,10 +74,13 @@ class GenerationFill:
     stores them (dropping the leases). One batch is stored while the next is embedded. A provider
     failure stores what was embedded, gives the other leases back, and is raised."""
 
-    def __init__(self, store: Store, embedder: Embedder, worker: str) -> None:
+    def __init__(
+        self, store: Store, embedder: Embedder, worker: str, prices: PriceTable | None = None
+    ) -> None:
         self.store = store
         self.embedder = embedder
         self.worker = worker
+        self.prices = prices or PriceTable()
 
     def fill(
         self,
@@ -105,11 +111,11 @@ class GenerationFill:
                     report.chunks += storing.result() if storing is not None else 0
                     storing = None
                     try:
-                        vectors = self._embedded(embedder, chunks, found, report)
+                        vectors, paid = self._embedded(embedder, chunks, found, report)
                     except EmbeddingError:
                         self.store.release_generation_chunks(generation.id, self.worker)
                         raise
-                    storing = storer.submit(self._store, generation, chunks, vectors)
+                    storing = storer.submit(self._store, generation, chunks, vectors, paid)
                     if item_ids is not None and len(chunks) < batch:
                         break  # (a full fill claims until the answer is empty: that look marks it filled)
             finally:
@@ -122,28 +128,52 @@ class GenerationFill:
         hashes = list(dict.fromkeys(c.content_sha256 for c in chunks))
         return self.store.find_embeddings(hashes, generation.model, generation.dimensions)
 
-    @staticmethod
     def _embedded(
-        embedder: Embedder, chunks: list[GenerationChunk], found: dict[str, Any], report: FillReport
-    ) -> list[Any]:
-        """A vector per chunk: the reused ones, the others embedded once per distinct text."""
+        self, embedder: Embedder, chunks: list[GenerationChunk], found: dict[str, Any], report: FillReport
+    ) -> tuple[list[Any], list[UsageEntry]]:
+        """A vector per chunk (the reused ones, the others embedded once per distinct text), and
+        what the embedding cost, by item: a text is charged to the first chunk holding it."""
         texts = {c.content_sha256: c for c in chunks}
         missing = [h for h in texts if h not in found]
-        if missing:
-            embedded = embedder.embed(
-                [texts[h].content for h in missing], [texts[h].token_count for h in missing]
+        if not missing:
+            return [found[c.content_sha256] for c in chunks], []
+        counts = [texts[h].token_count for h in missing]
+        with metered() as meter:
+            embedded = embedder.embed([texts[h].content for h in missing], counts)
+        found.update(zip(missing, embedded, strict=True))
+        report.embedded += len(missing)
+        report.tokens += sum(counts)
+        by_item: dict[uuid.UUID, UsageMeter] = {}
+        for usage in meter.totals():
+            shares = zip(
+                missing,
+                apportion(usage.prompt_tokens, counts),
+                apportion(usage.requests, counts),
+                strict=True,
             )
-            found.update(zip(missing, embedded, strict=True))
-            report.embedded += len(missing)
-            report.tokens += sum(texts[h].token_count for h in missing)
-        return [found[c.content_sha256] for c in chunks]
+            for digest, tokens, requests in shares:
+                item_meter = by_item.setdefault(texts[digest].knowledge_item_id, UsageMeter())
+                item_meter.add("embedding", usage.model, tokens, 0, requests)
+        paid = [
+            line
+            for item_id, item_meter in by_item.items()
+            for line in usage_entries(item_meter, self.prices, "generation", None, item_id)
+        ]
+        return [found[c.content_sha256] for c in chunks], paid
 
-    def _store(self, generation: Generation, chunks: list[GenerationChunk], vectors: list[Any]) -> int:
-        """Store in slices of FILL_BATCH_CHUNKS (each call's vectors travel as text)."""
+    def _store(
+        self,
+        generation: Generation,
+        chunks: list[GenerationChunk],
+        vectors: list[Any],
+        paid: list[UsageEntry],
+    ) -> int:
+        """Store in slices of FILL_BATCH_CHUNKS (each call's vectors travel as text); what the
+        batch cost is recorded with the first."""
         stored = 0
         for start in range(0, len(chunks), FILL_BATCH_CHUNKS):
             end = start + FILL_BATCH_CHUNKS
             stored += self.store.store_generation_vectors(
-                generation.id, self.worker, chunks[start:end], vectors[start:end]
+                generation.id, self.worker, chunks[start:end], vectors[start:end], paid if start == 0 else ()
             )
         return stored

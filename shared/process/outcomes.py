@@ -22,6 +22,7 @@ from shared.process.summaries import fold_client_summary
 from shared.process.troubles import Trouble, fleet_failures, is_quota, kind_of
 from shared.providers.deadlines import call_scope
 from shared.providers.embeddings import Embedder
+from shared.providers.prices import PriceTable
 from shared.providers.summaries import Summarizer, SummaryError
 from shared.store import ClaimedItem, CompletedItem, Store
 
@@ -44,6 +45,7 @@ class ItemOutcomes:
     provider: str | None
     logger: Logger
     progress: Callable[[int], None] | None
+    prices: PriceTable
 
     def _settle_troubles(
         self,
@@ -188,7 +190,9 @@ class ItemOutcomes:
                 break
             try:
                 with call_scope(calls_deadline(end)):
-                    fold_client_summary(self.store, self.summarizer, client_id, remaining_s=remaining_s)
+                    fold_client_summary(
+                        self.store, self.summarizer, client_id, remaining_s=remaining_s, prices=self.prices
+                    )
             except SummaryError as exc:  # the backlog stays; the next run for this client folds it
                 self.logger.warning(
                     "client summary not updated", extra={"client_id": str(client_id), "error": str(exc)}

@@ -46,10 +46,12 @@ from shared.process.outcomes import ItemOutcomes
 from shared.process.report import ProcessingReport, new_worker_id
 from shared.process.stages import ClaimStages
 from shared.process.troubles import is_quota, summary_troubles
+from shared.process.usage import ClaimUsage, usd_per_token
 from shared.providers.deadlines import call_scope
 from shared.providers.embeddings import Embedder, EmbeddingError, embedder_for, embedder_from_settings
+from shared.providers.prices import PriceTable, price_table
 from shared.providers.summaries import Summarizer, summarizer_from_settings
-from shared.store import ClaimedItem, Store, store_from_settings
+from shared.store import ClaimedItem, Store, UsageEntry, store_from_settings
 from shared.store.generations import active_generation, generations_from_facts, generations_to_fill
 from shared.store.rows import Generation
 from shared.text.chunking import Chunk, split_text
@@ -86,8 +88,10 @@ class Processor(ClaimStages, ItemOutcomes):
         sleep: Callable[[float], None] = time.sleep,
         worker: str | None = None,
         progress: Callable[[int], None] | None = None,
+        prices: PriceTable | None = None,
     ) -> None:
         self.store = store
+        self.prices = prices or PriceTable()
         self.embedder = embedder  # for the active generation once `check_settings` has read it
         self.settings_embedder = embedder
         self.summarizer = summarizer
@@ -115,6 +119,8 @@ class Processor(ClaimStages, ItemOutcomes):
         self.active: Generation | None = None
         self.generations: list[Generation] = []
         self._warned: str | None = None
+        # What an item is estimated to cost per content token (for budgets), once settings are read.
+        self.usd_per_token: float | None = None
 
     def for_worker(self, worker: str) -> Processor:
         """The same processor (same store, embedder, summariser) acting as another worker."""
@@ -146,6 +152,7 @@ class Processor(ClaimStages, ItemOutcomes):
             1 if gate["probe"] else len(ids),
             self.max_attempts,
             item_ids=ids,
+            usd_per_token=self.usd_per_token,
         )
         report = self.process_claimed(claimed, remaining, probe=gate["probe"])
         if report.done:
@@ -184,6 +191,7 @@ class Processor(ClaimStages, ItemOutcomes):
                 self.max_attempts,
                 max_chars=max_chars,
                 probe=gate["probe"],
+                usd_per_token=self.usd_per_token,
             )
             if not claimed:
                 break
@@ -196,6 +204,7 @@ class Processor(ClaimStages, ItemOutcomes):
             # Folds a crash or a failed fold left behind (items stored, client summary not updated).
             self._fold_clients(set(self.store.clients_with_summary_backlog()), remaining_s)
             self._fill_generations(remaining_s, report)
+        self._roll_up_usage()
         report.indexed_chunks += self.index_pending(remaining_s)
         return report
 
@@ -217,6 +226,8 @@ class Processor(ClaimStages, ItemOutcomes):
         self._warned = warning
         self.active, self.generations = active, generations
         self.embedder = embedder_for(base, active.model, active.dimensions)
+        chat_model = None if is_local(self.summarizer) else getattr(self.summarizer, "model", None)
+        self.usd_per_token = usd_per_token(self.prices, active.model, chat_model)
 
     def _fill_generations(
         self,
@@ -235,7 +246,7 @@ class Processor(ClaimStages, ItemOutcomes):
         if not targets:
             return
         left = countdown(remaining_s if remaining_s is not None else math.inf)
-        fill = GenerationFill(self.store, self.settings_embedder, self.worker)
+        fill = GenerationFill(self.store, self.settings_embedder, self.worker, self.prices)
         for generation in targets:
             try:
                 done = fill.fill(generation, left, item_ids)
@@ -355,8 +366,9 @@ class Processor(ClaimStages, ItemOutcomes):
         if sys.getswitchinterval() > SWITCH_INTERVAL_S:
             sys.setswitchinterval(SWITCH_INTERVAL_S)  # for the process from now on: it processes
         end = math.inf if remaining_s is None else time.monotonic() + remaining_s()
+        usage = ClaimUsage(self.prices)
         with call_scope(calls_deadline(end), PROBE_ATTEMPTS if probe else None):
-            prepared, troubles, vectors, outcomes, memo = self._run_stages(items, end, report, probe)
+            prepared, troubles, vectors, outcomes, memo = self._run_stages(items, end, report, probe, usage)
         chat_answers = memo.flush() if memo is not None else 0
         chunked = [p.item for p in prepared]
         troubles.update(summary_troubles(chunked, outcomes, troubles, probe, chat_answers > 0))
@@ -366,10 +378,16 @@ class Processor(ClaimStages, ItemOutcomes):
             for p in prepared
             if p.item.id not in troubles and isinstance((outcome := outcomes.get(p.item.id)), str)
         }
+        paid = usage.by_item((p.item.id, p.item.client_id, p.hashes) for p in prepared)
         completed = [
-            self._completed(p, vectors, summaries[p.item.id]) for p in prepared if p.item.id in summaries
+            self._completed(p, vectors, summaries[p.item.id], paid[p.item.id])
+            for p in prepared
+            if p.item.id in summaries
         ]
         stored = self.store.complete_items(self.worker, completed)
+        self._record_unstored_usage(
+            [line for item_id, lines in paid.items() if item_id not in stored for line in lines]
+        )
         for c in completed:
             self._record_completion(c, stored, report)
         if stored:
@@ -381,6 +399,24 @@ class Processor(ClaimStages, ItemOutcomes):
         if report.backed_off is None:
             self._fold_clients({c.item.client_id for c in completed if c.item.id in stored}, remaining_s)
         return report
+
+    def _roll_up_usage(self) -> None:
+        """Fold the ledger's new lines into its daily totals (what budgets and reports read); a
+        failure is logged, and the next sweep does it."""
+        try:
+            self.store.roll_up_usage()
+        except NexusError as exc:
+            self.logger.warning("usage not rolled up", extra={"error": str(exc)})
+
+    def _record_unstored_usage(self, lines: list[UsageEntry]) -> None:
+        """Record what items that were not stored cost (they failed, were given back, or lost
+        their lease): spent all the same. A failure to record is logged, never raised."""
+        if not lines:
+            return
+        try:
+            self.store.record_usage(lines)
+        except NexusError as exc:
+            self.logger.warning("usage of items not stored was not recorded", extra={"error": str(exc)})
 
 
 def processor_from_settings(settings: Any, store: Store | None = None, **kwargs: Any) -> Processor:
@@ -396,5 +432,6 @@ def processor_from_settings(settings: Any, store: Store | None = None, **kwargs:
         batch_tokens=settings.batch_tokens,
         summary_concurrency=settings.summary_concurrency,
         probe_s=settings.provider_probe_s,
+        prices=price_table(settings),
         **kwargs,
     )

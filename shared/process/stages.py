@@ -22,10 +22,13 @@ from shared.process.feed import EmbeddingFeed
 from shared.process.report import ProcessingReport
 from shared.process.summaries import StoredSummaryMemo
 from shared.process.troubles import Trouble, blamed, is_suspect, kind_of
+from shared.process.usage import ClaimUsage
 from shared.providers.deadlines import call_scope, submit
 from shared.providers.embeddings import Embedder, EmbeddingError
+from shared.providers.prices import PriceTable
 from shared.providers.summaries import Summarizer, SummaryError, memoizes
-from shared.store import ChunkRecord, ClaimedItem, CompletedItem, Store
+from shared.providers.usage import metered
+from shared.store import ChunkRecord, ClaimedItem, CompletedItem, Store, UsageEntry
 from shared.store.rows import Generation
 from shared.text.chunking import Chunk
 from shared.text.hashing import sha256_hex
@@ -60,9 +63,10 @@ class ClaimStages:
     item_chunk_min_s: float
     chunker: Callable[[str, int, int], list[Chunk]]
     active: Generation | None
+    prices: PriceTable
 
     def _run_stages(
-        self, items: list[ClaimedItem], end: float, report: ProcessingReport, probe: bool
+        self, items: list[ClaimedItem], end: float, report: ProcessingReport, probe: bool, usage: ClaimUsage
     ) -> tuple[
         list[PreparedItem],
         dict[uuid.UUID, Trouble],
@@ -73,11 +77,12 @@ class ClaimStages:
         """Chunk, embed and summarise, the stages overlapping: embedding requests go out while
         the rest of the claim is still being chunked, and summaries are made while the last
         requests fly. Returns the items chunked, the troubles met so far by item, the vectors by
-        chunk hash, each item's summary outcome, and the summary memo."""
+        chunk hash, each item's summary outcome, and the summary memo; what the answers cost
+        is gathered in `usage`."""
         claim_chars = sum(len(item.content) for item in items)
         troubles: dict[uuid.UUID, Trouble] = {}
         memo = StoredSummaryMemo(self.store) if memoizes(self.summarizer) else None
-        with EmbeddingFeed(self.store, self.embedder, report, claim_chars) as feed:
+        with EmbeddingFeed(self.store, self.embedder, report, claim_chars, usage) as feed:
             prepared = []
             for item, outcome in self._chunk_all(items, end, claim_chars):
                 if isinstance(outcome, Trouble):
@@ -86,8 +91,8 @@ class ClaimStages:
                 prepared.append(outcome)
                 feed.add(outcome.chunks, outcome.hashes, len(outcome.item.content))
             with ThreadPoolExecutor(max_workers=1) as background:
-                summarizing = submit(background, self._summarize_all, prepared, end, memo)
-                vectors, failures = self._embeddings(prepared, feed, report, probe)
+                summarizing = submit(background, self._summarize_all, prepared, end, memo, usage)
+                vectors, failures = self._embeddings(prepared, feed, report, probe, usage)
                 outcomes = summarizing.result()
         troubles.update(failures)
         return prepared, troubles, vectors, outcomes, memo
@@ -127,7 +132,12 @@ class ClaimStages:
         return PreparedItem(item, chunks, [sha256_hex(c.text) for c in chunks], started)
 
     def _embeddings(
-        self, prepared: list[PreparedItem], feed: EmbeddingFeed, report: ProcessingReport, probe: bool
+        self,
+        prepared: list[PreparedItem],
+        feed: EmbeddingFeed,
+        report: ProcessingReport,
+        probe: bool,
+        usage: ClaimUsage,
     ) -> tuple[dict[str, Any], dict[uuid.UUID, Trouble]]:
         """Vectors by chunk hash (stored ones reused, the rest embedded once each), and the
         troubles of the items that could not be embedded.
@@ -142,7 +152,7 @@ class ClaimStages:
         try:
             if error is not None:
                 raise error
-            self._embed_into(vectors, missing, texts, report)
+            self._embed_into(vectors, missing, texts, report, usage)
             return vectors, {}
         except EmbeddingError as exc:
             suspects = not exc.retryable or any(is_suspect(p.item) for p in prepared)
@@ -152,7 +162,7 @@ class ClaimStages:
                 return vectors, {
                     p.item.id: trouble for p in prepared if any(h not in vectors for h in p.hashes)
                 }
-        return vectors, self._embed_each(prepared, vectors, texts, report)
+        return vectors, self._embed_each(prepared, vectors, texts, report, usage)
 
     def _embed_each(
         self,
@@ -160,6 +170,7 @@ class ClaimStages:
         vectors: dict[str, Any],
         texts: dict[str, Chunk],
         report: ProcessingReport,
+        usage: ClaimUsage,
     ) -> dict[uuid.UUID, Trouble]:
         """Embed item by item. After two transient failures in a row (an outage, not one bad
         input) the rest are given back without spending more requests; an item whose transient
@@ -176,7 +187,7 @@ class ClaimStages:
                 failures[p.item.id] = last
                 continue
             try:
-                self._embed_into(vectors, wanted, texts, report)
+                self._embed_into(vectors, wanted, texts, report, usage)
                 transient_in_a_row = 0
                 embedded_any = True
             except EmbeddingError as exc:
@@ -193,20 +204,22 @@ class ClaimStages:
         hashes: list[str],
         texts: dict[str, Chunk],
         report: ProcessingReport,
+        usage: ClaimUsage,
     ) -> None:
         if not hashes:
             return
-        embedded = self.embedder.embed(
-            [texts[h].text for h in hashes],
-            [texts[h].token_count for h in hashes],
-            [texts[h].token_ids for h in hashes],
-        )
+        counts = [texts[h].token_count for h in hashes]
+        with metered() as meter:
+            embedded = self.embedder.embed(
+                [texts[h].text for h in hashes], counts, [texts[h].token_ids for h in hashes]
+            )
+        usage.embedded(hashes, counts, meter)
         vectors.update(zip(hashes, embedded, strict=True))
         report.embedded_chunks += len(hashes)
         report.embedded_tokens += sum(texts[h].token_count for h in hashes)
 
     def _summarize_all(
-        self, prepared: list[PreparedItem], end: float, memo: StoredSummaryMemo | None
+        self, prepared: list[PreparedItem], end: float, memo: StoredSummaryMemo | None, usage: ClaimUsage
     ) -> dict[uuid.UUID, SummaryOutcome]:
         """Each item's summary, the error that prevented it, or None when it was not made before
         FINISH_RESERVE_S before `end` (several calls at a time for a remote summariser; a call
@@ -229,14 +242,19 @@ class ClaimStages:
         def summarize(p: PreparedItem) -> SummaryOutcome:
             if time.monotonic() >= stop:
                 return None
-            try:
-                if memo is not None and memoizes(summarizer):
-                    return summarizer.summarize_item(
-                        self._summary_input(p), p.item.source, memo=memo, token_counts=self._summary_counts(p)
-                    )
-                return summarizer.summarize_item(self._summary_input(p), p.item.source)
-            except SummaryError as exc:
-                return exc
+            with metered() as meter:
+                usage.summarized(p.item.id, meter)
+                try:
+                    if memo is not None and memoizes(summarizer):
+                        return summarizer.summarize_item(
+                            self._summary_input(p),
+                            p.item.source,
+                            memo=memo,
+                            token_counts=self._summary_counts(p),
+                        )
+                    return summarizer.summarize_item(self._summary_input(p), p.item.source)
+                except SummaryError as exc:
+                    return exc
 
         results: list[SummaryOutcome]
         with call_scope(stop):
@@ -257,7 +275,9 @@ class ClaimStages:
         """The token counts of `_summary_input`, when the chunks are it (no overlap)."""
         return [c.token_count for c in p.chunks] if self.chunk_overlap == 0 else None
 
-    def _completed(self, p: PreparedItem, vectors: dict[str, Any], summary: str) -> CompletedItem:
+    def _completed(
+        self, p: PreparedItem, vectors: dict[str, Any], summary: str, usage: list[UsageEntry]
+    ) -> CompletedItem:
         records = [
             ChunkRecord(c.index, c.text, vectors[h], c.token_count, c.char_start, c.char_end, h)
             for c, h in zip(p.chunks, p.hashes, strict=True)
@@ -271,4 +291,5 @@ class ClaimStages:
             self.embedder.dimensions,
             elapsed_ms,
             self.active,
+            tuple(usage),
         )

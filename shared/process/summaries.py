@@ -15,8 +15,11 @@ from collections.abc import Callable
 from shared.errors import NexusError
 from shared.logs import get_logger
 from shared.process.budgets import SWEEP_RESERVE_S
+from shared.process.usage import usage_entries
+from shared.providers.prices import PriceTable
 from shared.providers.summaries import Summarizer
-from shared.store import Store
+from shared.providers.usage import metered
+from shared.store import Store, UsageEntry
 
 __all__ = ["MAX_FOLD_ROUNDS", "StoredSummaryMemo", "fold_client_summary"]
 
@@ -72,11 +75,14 @@ def fold_client_summary(
     client_id: uuid.UUID,
     attempts: int = 3,
     remaining_s: Callable[[], float] | None = None,
+    prices: PriceTable | None = None,
 ) -> bool:
     """Fold the client's not-yet-folded item summaries into its summary, `fold_batch` at a time until none
     are left (or, with `remaining_s`, until less than SWEEP_RESERVE_S is left: each round is saved on
     its own, so stopping loses nothing). Optimistic: a round that loses a race is redone from the newer
-    summary (at most `attempts` losses). Returns whether anything was saved."""
+    summary (at most `attempts` losses). What each round cost is recorded with its summary (or alone,
+    for a round that lost). Returns whether anything was saved."""
+    prices = prices or PriceTable()
     saved = False
     losses = 0
     for _ in range(MAX_FOLD_ROUNDS):
@@ -86,17 +92,30 @@ def fold_client_summary(
         items = backlog.get("items") or []
         if not items:
             break
-        summary = summarizer.fold_client(backlog.get("summary") or "", [i["summary"] for i in items])
+        with metered() as meter:
+            summary = summarizer.fold_client(backlog.get("summary") or "", [i["summary"] for i in items])
+        paid = usage_entries(meter, prices, "fold", client_id)
         ids = [uuid.UUID(str(i["id"])) for i in items]
         processed_at = (
             [str(i["processed_at"]) for i in items] if all(i.get("processed_at") for i in items) else None
         )
         if store.save_client_summary(
-            client_id, int(backlog.get("version") or 0), summary, ids, summarizer.model, processed_at
+            client_id, int(backlog.get("version") or 0), summary, ids, summarizer.model, processed_at, paid
         ):
             saved = True
             continue
+        _record_lost_round(store, paid)
         losses += 1
         if losses >= attempts:
             break
     return saved
+
+
+def _record_lost_round(store: Store, paid: list[UsageEntry]) -> None:
+    """Record what a fold round that lost its race cost (a failure to record is logged)."""
+    try:
+        store.record_usage(paid)
+    except NexusError as exc:
+        get_logger().warning(
+            "usage of a fold round that lost its race was not recorded", extra={"error": str(exc)}
+        )

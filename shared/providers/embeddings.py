@@ -40,6 +40,7 @@ from shared.providers.openai_http import (
     provider_key,
     retry_after_s,
 )
+from shared.providers.usage import report_usage
 from shared.text.tokenizer import count_tokens
 
 MAX_INPUTS_PER_REQUEST = 2048
@@ -177,10 +178,13 @@ class OpenAIEmbedder:
         results: list[array[float]] = [array("f")] * len(texts)
 
         def run(group: range) -> None:
+            tokens = sum(counts[i] for i in group)
             if token_ids is None or not self.sends_token_ids:
-                vectors = self._request(json.dumps([texts[i] for i in group], ensure_ascii=False), len(group))
+                vectors = self._request(
+                    json.dumps([texts[i] for i in group], ensure_ascii=False), len(group), tokens
+                )
             else:
-                vectors = self._request_ids([texts[i] for i in group], [token_ids[i] for i in group])
+                vectors = self._request_ids([texts[i] for i in group], [token_ids[i] for i in group], tokens)
             for i, vector in zip(group, vectors, strict=True):
                 results[i] = vector
 
@@ -192,16 +196,16 @@ class OpenAIEmbedder:
                     future.result()
         return results
 
-    def _request_ids(self, texts: list[str], ids: list[Sequence[int]]) -> list[array[float]]:
+    def _request_ids(self, texts: list[str], ids: list[Sequence[int]], tokens: int) -> list[array[float]]:
         """Embed by token ids; if the request is refused as invalid (400 or 422) and the same
         texts are then accepted, by text (and by text from then on)."""
         try:
-            return self._request(_ids_json(ids), len(ids))
+            return self._request(_ids_json(ids), len(ids), tokens)
         except EmbeddingError as refused:
             if refused.status not in (400, 422):
                 raise
             try:
-                vectors = self._request(json.dumps(texts, ensure_ascii=False), len(texts))
+                vectors = self._request(json.dumps(texts, ensure_ascii=False), len(texts), tokens)
             except EmbeddingError:
                 raise refused from None  # the input itself is refused, not its form
         from shared.logs import get_logger
@@ -213,9 +217,11 @@ class OpenAIEmbedder:
         )
         return vectors
 
-    def _request(self, inputs_json: str, inputs: int) -> list[array[float]]:
-        """One request for `inputs` inputs, given as `inputs_json` (a JSON array of texts or of
-        token id arrays); retried as the policy says."""
+    def _request(self, inputs_json: str, inputs: int, tokens: int) -> list[array[float]]:
+        """One request for `inputs` inputs of `tokens` tokens (counted here), given as
+        `inputs_json` (a JSON array of texts or of token id arrays); retried as the policy says.
+        Its usage goes to the current meter: the tokens the answer reported (the count here when
+        the server reported none)."""
         fields: dict[str, Any] = {"model": self.model, "encoding_format": "base64"}
         if self.model.startswith("text-embedding-3"):
             fields["dimensions"] = self.dimensions
@@ -229,8 +235,10 @@ class OpenAIEmbedder:
             lambda content: self._parse(content, inputs),
             self._classify,
         )
-        vectors: list[array[float]]
-        vectors, _ = post_with_retries(self._client, call, body, self._timeout_s, self.retry)
+        answer: tuple[list[array[float]], int | None]
+        answer, _ = post_with_retries(self._client, call, body, self._timeout_s, self.retry)
+        vectors, reported = answer
+        report_usage("embedding", self.model, tokens if reported is None else reported)
         return vectors
 
     def _classify(self, response: Any) -> tuple[str, float | None]:
@@ -249,7 +257,8 @@ class OpenAIEmbedder:
             status=status,
         )
 
-    def _parse(self, content: bytes, expected: int) -> list[array[float]]:
+    def _parse(self, content: bytes, expected: int) -> tuple[list[array[float]], int | None]:
+        """The answer's vectors, and the tokens its `usage` reported (None: it reported none)."""
         try:
             vectors = _scan_base64_vectors(content, expected)
             if vectors is None:
@@ -265,7 +274,17 @@ class OpenAIEmbedder:
                 f"{self.dimensions} dimensions",
                 retryable=True,
             )
-        return vectors
+        return vectors, _reported_tokens(content)
+
+
+_USAGE_TOKENS = re.compile(rb'"usage"\s*:\s*\{[^}]*?"(?:prompt|total)_tokens"\s*:\s*(\d+)')
+
+
+def _reported_tokens(content: bytes) -> int | None:
+    """`usage.prompt_tokens` (or `total_tokens`) of an embeddings answer, read from its bytes."""
+    start = content.rfind(b'"usage"')
+    match = _USAGE_TOKENS.match(content, start) if start >= 0 else None
+    return int(match.group(1)) if match else None
 
 
 def _ids_json(ids: Sequence[Sequence[int]]) -> str:

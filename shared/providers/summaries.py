@@ -32,6 +32,7 @@ from shared.providers.openai_http import (
     provider_key,
     retry_after_s,
 )
+from shared.providers.usage import report_usage
 from shared.text.hashing import sha256_of_parts
 from shared.text.tokenizer import count_tokens
 
@@ -324,10 +325,14 @@ class OpenAISummarizer:
             _chat_answer,
             self._classify,
         )
+        answer: tuple[str, tuple[int, int] | None]
         answer, _ = post_with_retries(
             self._client, call, json.dumps(body).encode(), self._timeout_s, self.retry
         )
-        return str(answer)
+        text, reported = answer
+        prompt, completion = reported or (count_tokens(instruction) + count_tokens(text), count_tokens(text))
+        report_usage("chat", self.model, prompt, completion)
+        return text
 
     def _classify(self, response: Any) -> tuple[str, float | None]:
         """Raise for answers that retrying cannot fix; else describe the transient problem."""
@@ -346,12 +351,19 @@ class OpenAISummarizer:
         return f"HTTP {status} {code}".strip(), retry_after_s(response.headers)
 
 
-def _chat_answer(content: bytes) -> str:
-    """The answer's text; a retryable SummaryError for a malformed answer."""
+def _chat_answer(content: bytes) -> tuple[str, tuple[int, int] | None]:
+    """The answer's text and its reported (prompt, completion) tokens (None: no `usage`); a
+    retryable SummaryError for a malformed answer."""
     try:
-        return str(json.loads(content)["choices"][0]["message"]["content"]).strip()
+        answer = json.loads(content)
+        text = str(answer["choices"][0]["message"]["content"]).strip()
     except (ValueError, KeyError, IndexError, TypeError):
         raise SummaryError("malformed chat response", retryable=True) from None
+    usage = answer.get("usage")
+    try:
+        return text, (int(usage["prompt_tokens"]), int(usage.get("completion_tokens") or 0))
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return text, None
 
 
 def _group_chunks(

@@ -21,11 +21,12 @@ from __future__ import annotations
 import contextlib
 import uuid
 from array import array
+from collections.abc import Sequence
 from typing import Any
 
 from shared.errors import NexusError
 from shared.store.generations import GenerationCalls, completed_chunks
-from shared.store.rows import ClaimedItem, CompletedItem, IngestOutcome, SearchHit
+from shared.store.rows import ClaimedItem, CompletedItem, IngestOutcome, SearchHit, UsageEntry
 from shared.store.vectors import from_pgvector_text, to_pgvector_text
 
 __all__ = ["SqlFunctionStore"]
@@ -56,7 +57,9 @@ class SqlFunctionStore(GenerationCalls):
         self._value("ensure_client", {"client_id": client_id, "client_name": name}, idempotent=True)
 
     def status(self) -> dict[str, Any]:
-        return dict(self._value("knowledge_status", {}, idempotent=True) or {})
+        status = dict(self._value("knowledge_status", {}, idempotent=True) or {})
+        status["budgets"] = self.client_budgets()
+        return status
 
     def schema_facts(self) -> dict[str, Any]:
         return dict(self._value("knowledge_schema", {}, idempotent=True) or {})
@@ -72,6 +75,7 @@ class SqlFunctionStore(GenerationCalls):
         item_ids: list[uuid.UUID] | None = None,
         max_chars: int | None = None,
         probe: bool = False,
+        usd_per_token: float | None = None,
     ) -> list[ClaimedItem]:
         arguments = {
             "worker": worker,
@@ -81,6 +85,7 @@ class SqlFunctionStore(GenerationCalls):
             "item_ids": item_ids,
             "max_chars": max_chars,
             "probe": probe,
+            "usd_per_token": usd_per_token,
         }
         return [ClaimedItem.from_row(row) for row in self._rows("claim_knowledge_items", arguments)]
 
@@ -129,6 +134,8 @@ class SqlFunctionStore(GenerationCalls):
                 "tokens": c.token_count,
                 "elapsed_ms": c.elapsed_ms,
             }
+            if c.usage:  # the overload that records what the item cost, in the same transaction
+                arguments["usage"] = [entry.to_json() for entry in c.usage]
             if self._value("complete_knowledge_item", arguments):
                 stored.add(c.item.id)
                 if not c.in_column and c.generation is not None:
@@ -248,8 +255,9 @@ class SqlFunctionStore(GenerationCalls):
         item_ids: list[uuid.UUID],
         model: str,
         processed_at: list[str] | None = None,
+        usage: Sequence[UsageEntry] = (),
     ) -> bool:
-        arguments = {
+        arguments: dict[str, Any] = {
             "client": client_id,
             "expected_version": expected_version,
             "new_summary": summary,
@@ -257,7 +265,34 @@ class SqlFunctionStore(GenerationCalls):
             "model_name": model,
             "folded_processed_at": processed_at,
         }
+        if usage:  # the overload that records what the fold cost, in the same transaction
+            arguments["usage"] = [entry.to_json() for entry in usage]
         return bool(self._value("save_client_summary", arguments))
+
+    # --- usage ---
+
+    def record_usage(self, entries: Sequence[UsageEntry]) -> int:
+        if not entries:
+            return 0
+        return int(self._value("record_usage", {"entries": [e.to_json() for e in entries]}) or 0)
+
+    def roll_up_usage(self) -> int:
+        return int(self._value("roll_up_usage", {}) or 0)
+
+    def client_budgets(self) -> list[dict[str, Any]]:
+        rows = self._rows("client_budget_status", {}, idempotent=True)
+        return [dict(row["client_budget_status"]) for row in rows]
+
+    def set_client_budget(self, client_id: uuid.UUID, monthly_usd: float) -> dict[str, Any]:
+        return dict(self._value("set_client_budget", {"client": client_id, "monthly_usd": monthly_usd}))
+
+    def clear_client_budget(self, client_id: uuid.UUID) -> bool:
+        return bool(self._value("clear_client_budget", {"client": client_id}))
+
+    def usage_report(
+        self, since: str | None = None, client_id: uuid.UUID | None = None
+    ) -> list[dict[str, Any]]:
+        return self._rows("usage_report", {"since": since, "client": client_id})
 
     def clients_with_summary_backlog(self, max_clients: int = 100) -> list[uuid.UUID]:
         function = "clients_with_summary_backlog"

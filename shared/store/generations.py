@@ -14,7 +14,7 @@ from typing import Any
 
 from shared.errors import ConfigError
 from shared.store.primitives import FunctionCalls
-from shared.store.rows import CompletedItem, Generation, GenerationChunk
+from shared.store.rows import CompletedItem, Generation, GenerationChunk, UsageEntry
 from shared.store.vectors import to_pgvector_text
 
 __all__ = [
@@ -72,11 +72,15 @@ def completed_chunks(completed: CompletedItem) -> tuple[list[GenerationChunk], l
 
 
 def store_vectors_arguments(
-    generation_id: int, worker: str, chunks: list[GenerationChunk], vectors: list[array[float]]
+    generation_id: int,
+    worker: str,
+    chunks: list[GenerationChunk],
+    vectors: list[array[float]],
+    usage: Sequence[UsageEntry] = (),
 ) -> dict[str, Any]:
     """The arguments of `store_generation_vectors` (vectors in pgvector's text form, which
-    PostgREST's JSON and psycopg both pass)."""
-    return {
+    PostgREST's JSON and psycopg both pass; with `usage`, the overload that records it)."""
+    arguments: dict[str, Any] = {
         "generation": generation_id,
         "worker": worker,
         "item_ids": [c.knowledge_item_id for c in chunks],
@@ -84,6 +88,9 @@ def store_vectors_arguments(
         "hashes": [c.content_sha256 for c in chunks],
         "embeddings": [to_pgvector_text(v) for v in vectors],
     }
+    if usage:
+        arguments["usage"] = [entry.to_json() for entry in usage]
+    return arguments
 
 
 class GenerationCalls(FunctionCalls):
@@ -138,13 +145,19 @@ class GenerationCalls(FunctionCalls):
         return [GenerationChunk.from_row(row) for row in self._rows("claim_generation_chunks", arguments)]
 
     def store_generation_vectors(
-        self, generation_id: int, worker: str, chunks: list[GenerationChunk], vectors: list[array[float]]
+        self,
+        generation_id: int,
+        worker: str,
+        chunks: list[GenerationChunk],
+        vectors: list[array[float]],
+        usage: Sequence[UsageEntry] = (),
     ) -> int:
         """Store each chunk's vector for the generation (if the chunk still holds that text) and
-        drop this worker's leases on them; returns how many were stored."""
+        drop this worker's leases on them, recording `usage` (what they cost) in the same
+        transaction; returns how many were stored."""
         if not chunks:
             return 0
-        arguments = store_vectors_arguments(generation_id, worker, chunks, vectors)
+        arguments = store_vectors_arguments(generation_id, worker, chunks, vectors, usage)
         return int(self._value("store_generation_vectors", arguments) or 0)
 
     def release_generation_chunks(self, generation_id: int, worker: str) -> int:

@@ -39,9 +39,11 @@ INDEX_SPLIT_MIN_ROWS = 32
 
 # Arguments whose SQL type psycopg cannot tell from the Python value (PostgREST reads it from the
 # function's signature): JSON documents, and arrays that may be empty or hold strings.
-_JSONB_ARGUMENTS = frozenset({"items", "chunks"})
+_JSONB_ARGUMENTS = frozenset({"items", "chunks", "usage", "entries"})
 _CASTS = {
     "save_client_summary": {"folded_processed_at": "timestamptz[]"},
+    "usage_report": {"since": "date", "client": "uuid"},
+    "set_client_budget": {"monthly_usd": "numeric"},
     "keep_unchanged_chunks": {
         "item_ids": "uuid[]",
         "reprocessed": "boolean[]",
@@ -141,6 +143,9 @@ class PostgresStore(SqlFunctionStore):
             return set()
         with self._vector_connection() as conn, conn.transaction():
             stored = self._finish(conn, worker, completed)
+            usage = [entry.to_json() for c in completed if c.item.id in stored for entry in c.usage]
+            if usage:
+                _rows_on(conn, "record_usage", {"entries": usage})
             if stored:
                 changed = self._keep_unchanged_chunks(conn, [c for c in completed if c.item.id in stored])
                 self._copy_chunks(conn, changed)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 from array import array
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from shared.store.rows import (
@@ -17,6 +18,7 @@ from shared.store.rows import (
     GenerationChunk,
     IngestOutcome,
     SearchHit,
+    UsageEntry,
 )
 
 __all__ = ["Store"]
@@ -36,7 +38,8 @@ class Store(Protocol):
         ...
 
     def status(self) -> dict[str, Any]:
-        """Counts per status, the oldest pending item's time, and recent failures."""
+        """Counts per status, the oldest pending item's time, recent failures, and `budgets`
+        (`client_budgets`)."""
         ...
 
     def claim_items(
@@ -48,10 +51,12 @@ class Store(Protocol):
         item_ids: list[uuid.UUID] | None = None,
         max_chars: int | None = None,
         probe: bool = False,
+        usd_per_token: float | None = None,
     ) -> list[ClaimedItem]:
         """Lease up to `max_items` items (and `max_chars` characters) for `worker`, oldest first;
         `probe`: the pending item given back least often for a provider failure (see
-        `claim_knowledge_items`)."""
+        `claim_knowledge_items`). Items of a client at its monthly budget are passed over;
+        `usd_per_token` estimates what an item will cost (per content token)."""
         ...
 
     def find_embeddings(self, hashes: list[str], model: str, dimensions: int) -> dict[str, array[float]]:
@@ -134,9 +139,38 @@ class Store(Protocol):
         item_ids: list[uuid.UUID],
         model: str,
         processed_at: list[str] | None = None,
+        usage: Sequence[UsageEntry] = (),
     ) -> bool:
         """Store a folded summary unless another was saved since `expected_version`; marks folded
-        only the items still carrying the summary read (their `processed_at` from the backlog)."""
+        only the items still carrying the summary read (their `processed_at` from the backlog).
+        `usage` (what the fold cost) is recorded in the same transaction when it is saved."""
+        ...
+
+    def record_usage(self, entries: Sequence[UsageEntry]) -> int:
+        """Record usage that no stored work carries (an item that failed or was given back)."""
+        ...
+
+    def roll_up_usage(self) -> int:
+        """Move ledger lines into the daily totals (one caller at a time); how many moved."""
+        ...
+
+    def client_budgets(self) -> list[dict[str, Any]]:
+        """Each client budget: `client_id`, `monthly_usd`, `month`, `spent_usd`, `over_budget`,
+        `waiting_items` (pending items of a client over its budget)."""
+        ...
+
+    def set_client_budget(self, client_id: uuid.UUID, monthly_usd: float) -> dict[str, Any]:
+        """Set a client's monthly budget (USD); returns it as `client_budgets` shows it."""
+        ...
+
+    def clear_client_budget(self, client_id: uuid.UUID) -> bool:
+        """Remove a client's budget; whether it had one."""
+        ...
+
+    def usage_report(
+        self, since: str | None = None, client_id: uuid.UUID | None = None
+    ) -> list[dict[str, Any]]:
+        """Usage per client, model and kind since a UTC day (`YYYY-MM-DD`), for one client or all."""
         ...
 
     def clients_with_summary_backlog(self, max_clients: int = 100) -> list[uuid.UUID]:
@@ -183,9 +217,15 @@ class Store(Protocol):
         ...
 
     def store_generation_vectors(
-        self, generation_id: int, worker: str, chunks: list[GenerationChunk], vectors: list[array[float]]
+        self,
+        generation_id: int,
+        worker: str,
+        chunks: list[GenerationChunk],
+        vectors: list[array[float]],
+        usage: Sequence[UsageEntry] = (),
     ) -> int:
-        """Store each chunk's vector for the generation and drop this worker's leases on them."""
+        """Store each chunk's vector for the generation and drop this worker's leases on them;
+        `usage` (what the vectors cost) is recorded in the same transaction."""
         ...
 
     def release_generation_chunks(self, generation_id: int, worker: str) -> int: ...

@@ -20,6 +20,7 @@ __all__ = [
     "GenerationChunk",
     "IngestOutcome",
     "SearchHit",
+    "UsageEntry",
 ]
 
 
@@ -140,6 +141,36 @@ class GenerationChunk:
 
 
 @dataclass(frozen=True)
+class UsageEntry:
+    """One line of the usage ledger: what API answers of one kind and model cost for a piece of
+    work (`purpose`: item, fold, generation or search), as the API reported it. `usd` is None
+    when the model has no price."""
+
+    client_id: uuid.UUID | None
+    knowledge_item_id: uuid.UUID | None
+    model: str
+    kind: str  # embedding | chat
+    purpose: str
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int = 0
+    usd: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "client_id": None if self.client_id is None else str(self.client_id),
+            "knowledge_item_id": None if self.knowledge_item_id is None else str(self.knowledge_item_id),
+            "model": self.model,
+            "kind": self.kind,
+            "purpose": self.purpose,
+            "requests": self.requests,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "usd": self.usd,
+        }
+
+
+@dataclass(frozen=True)
 class CompletedItem:
     """A processed item ready to store: its chunks replace the old ones in one transaction.
     `generation`: the active generation the chunks' vectors are for; when it keeps its vectors in
@@ -153,6 +184,7 @@ class CompletedItem:
     dimensions: int
     elapsed_ms: int
     generation: Generation | None = None
+    usage: tuple[UsageEntry, ...] = ()  # what the item's work cost, recorded with it
 
     @property
     def in_column(self) -> bool:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 
 from shared.cli.estimate import estimate_files
 from shared.config import Settings
@@ -67,6 +68,10 @@ def test_the_estimate_is_what_processing_pays(
         assert report.embedded_tokens == server.stats.embedding_tokens == embedding["tokens_to_embed"]
         assert report.embedded_chunks == embedding["inputs_to_embed"]
         assert server.stats.chat_requests == estimate["summaries"]["calls"]
+        # the ledger says what the estimate said (exactly: within 1% is the bar)
+        (ledger,) = [row for row in db_store.usage_report() if row["kind"] == "embedding"]
+        assert int(ledger["tokens"]) == embedding["tokens_to_embed"]
+        assert float(ledger["usd"]) == pytest.approx(embedding["usd"], rel=0.01)
 
         again = estimate_files(db_store, settings, [folder])
         assert again["embeddings"][0]["tokens_to_embed"] == 0

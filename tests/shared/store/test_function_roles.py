@@ -47,6 +47,9 @@ RUNS = {
         "record_provider_success",
         "knowledge_schema",
         "knowledge_status",
+        "record_usage",
+        "roll_up_usage",
+        "client_budget_status",
     },
     "nexus_gcal": {
         "read_google_token",
