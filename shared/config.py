@@ -53,6 +53,7 @@ ENV_VARS: dict[str, str] = {
     "NEXUS_PROVIDER_PROBE_SECONDS": "provider_probe_s",
     "NEXUS_MAX_ITEM_TOKENS": "max_item_tokens",
     "NEXUS_PRICES": "prices",
+    "NEXUS_RATE_LIMITS": "rate_limits",
 }
 _FIELD_TO_ENV = {field: env for env, field in ENV_VARS.items()}
 
@@ -109,6 +110,38 @@ class Settings(BaseModel):
     # USD per million tokens, (input, output), by model, over the defaults in
     # shared.providers.prices: JSON such as {"my-model": {"input": 0.1, "output": 0.4}}.
     prices: dict[str, tuple[float, float]] = Field(default_factory=dict)
+
+    # The account's limits per model, shared by the whole fleet through Postgres: JSON such as
+    # {"text-embedding-3-small": {"tpm": 1000000, "rpm": 3000, "burst_s": 10}} (burst_s: how many
+    # seconds of the limits may go out at once, default 10). Models not listed are not limited.
+    rate_limits: dict[str, tuple[float, float, float]] = Field(default_factory=dict)
+
+    @field_validator("rate_limits", mode="before")
+    @classmethod
+    def _read_rate_limits(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        try:
+            table = json.loads(value)
+        except ValueError:
+            raise ValueError(
+                'it must be JSON such as {"text-embedding-3-small": {"tpm": 1000000, "rpm": 3000}}'
+            ) from None
+        if not isinstance(table, dict):
+            raise ValueError("it must be a JSON object of models")
+        limits: dict[str, tuple[float, float, float]] = {}
+        for model, limit in table.items():
+            numbers = (
+                [limit.get("tpm"), limit.get("rpm"), limit.get("burst_s", 10)]
+                if isinstance(limit, dict)
+                else []
+            )
+            if not numbers or not all(isinstance(n, int | float) and n > 0 for n in numbers):
+                raise ValueError(
+                    f'the limits of {model} need "tpm" and "rpm" (and optionally "burst_s"), each above 0'
+                )
+            limits[str(model)] = (float(numbers[0]), float(numbers[1]), float(numbers[2]))
+        return limits
 
     @field_validator("prices", mode="before")
     @classmethod

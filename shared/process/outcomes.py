@@ -16,12 +16,14 @@ from typing import TYPE_CHECKING, Any
 
 from shared.errors import NexusError
 from shared.process.budgets import SWEEP_RESERVE_S, calls_deadline
+from shared.process.limits import FleetRateLimiter
 from shared.process.report import ProcessingReport
 from shared.process.stages import PreparedItem
 from shared.process.summaries import fold_client_summary
 from shared.process.troubles import Trouble, fleet_failures, is_quota, kind_of
 from shared.providers.deadlines import call_scope
 from shared.providers.embeddings import Embedder
+from shared.providers.limits import rate_limited
 from shared.providers.prices import PriceTable
 from shared.providers.summaries import Summarizer, SummaryError
 from shared.store import ClaimedItem, CompletedItem, Store
@@ -46,6 +48,7 @@ class ItemOutcomes:
     logger: Logger
     progress: Callable[[int], None] | None
     prices: PriceTable
+    limiter: FleetRateLimiter | None
 
     def _settle_troubles(
         self,
@@ -189,7 +192,7 @@ class ItemOutcomes:
             if remaining_s is not None and remaining_s() < SWEEP_RESERVE_S:
                 break
             try:
-                with call_scope(calls_deadline(end)):
+                with call_scope(calls_deadline(end)), rate_limited(self.limiter):
                     fold_client_summary(
                         self.store, self.summarizer, client_id, remaining_s=remaining_s, prices=self.prices
                     )

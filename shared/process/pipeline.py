@@ -18,7 +18,7 @@ import math
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from shared.errors import ConfigError, NexusError
@@ -42,6 +42,7 @@ from shared.process.budgets import (
     waits_for_probe,
 )
 from shared.process.generations import GenerationFill
+from shared.process.limits import FleetRateLimiter
 from shared.process.outcomes import ItemOutcomes
 from shared.process.report import ProcessingReport, new_worker_id
 from shared.process.stages import ClaimStages
@@ -49,6 +50,7 @@ from shared.process.troubles import is_quota, summary_troubles
 from shared.process.usage import ClaimUsage, usd_per_token
 from shared.providers.deadlines import call_scope
 from shared.providers.embeddings import Embedder, EmbeddingError, embedder_for, embedder_from_settings
+from shared.providers.limits import rate_limited
 from shared.providers.prices import PriceTable, price_table
 from shared.providers.summaries import Summarizer, summarizer_from_settings
 from shared.store import ClaimedItem, Store, UsageEntry, store_from_settings
@@ -89,6 +91,7 @@ class Processor(ClaimStages, ItemOutcomes):
         worker: str | None = None,
         progress: Callable[[int], None] | None = None,
         prices: PriceTable | None = None,
+        rate_limits: Mapping[str, tuple[float, float, float]] | None = None,
     ) -> None:
         self.store = store
         self.prices = prices or PriceTable()
@@ -108,6 +111,10 @@ class Processor(ClaimStages, ItemOutcomes):
         # The fleet's back-off is kept per API; offline providers (and stand-ins without a key) have none.
         self.provider = next(
             (key for key in (getattr(p, "provider_key", None) for p in (embedder, summarizer)) if key), None
+        )
+        # The fleet's rate limit (NEXUS_RATE_LIMITS), for the API's models it names.
+        self.limiter = (
+            FleetRateLimiter(store, self.provider, rate_limits) if rate_limits and self.provider else None
         )
         self.worker = worker or new_worker_id()
         self.progress = progress
@@ -247,9 +254,14 @@ class Processor(ClaimStages, ItemOutcomes):
             return
         left = countdown(remaining_s if remaining_s is not None else math.inf)
         fill = GenerationFill(self.store, self.settings_embedder, self.worker, self.prices)
+        # live items' vectors go at live priority; a sweep's backfill leaves room to live work
+        limiter = (
+            self.limiter if item_ids is not None or self.limiter is None else self.limiter.for_backfill()
+        )
         for generation in targets:
             try:
-                done = fill.fill(generation, left, item_ids)
+                with rate_limited(limiter):
+                    done = fill.fill(generation, left, item_ids)
             except (EmbeddingError, ConfigError) as exc:
                 self.logger.warning(
                     "embedding generation not filled",
@@ -367,7 +379,7 @@ class Processor(ClaimStages, ItemOutcomes):
             sys.setswitchinterval(SWITCH_INTERVAL_S)  # for the process from now on: it processes
         end = math.inf if remaining_s is None else time.monotonic() + remaining_s()
         usage = ClaimUsage(self.prices)
-        with call_scope(calls_deadline(end), PROBE_ATTEMPTS if probe else None):
+        with call_scope(calls_deadline(end), PROBE_ATTEMPTS if probe else None), rate_limited(self.limiter):
             prepared, troubles, vectors, outcomes, memo = self._run_stages(items, end, report, probe, usage)
         chat_answers = memo.flush() if memo is not None else 0
         chunked = [p.item for p in prepared]
@@ -433,5 +445,6 @@ def processor_from_settings(settings: Any, store: Store | None = None, **kwargs:
         summary_concurrency=settings.summary_concurrency,
         probe_s=settings.provider_probe_s,
         prices=price_table(settings),
+        rate_limits=settings.rate_limits,
         **kwargs,
     )

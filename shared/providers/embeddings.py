@@ -234,6 +234,8 @@ class OpenAIEmbedder:
             EmbeddingError,
             lambda content: self._parse(content, inputs),
             self._classify,
+            self.model,
+            tokens,
         )
         answer: tuple[list[array[float]], int | None]
         answer, _ = post_with_retries(self._client, call, body, self._timeout_s, self.retry)

@@ -1,5 +1,8 @@
 """One OpenAI-compatible HTTP call, retried as the policy and the invocation's deadline allow.
 
+Each attempt first takes its tokens from the current rate limiter, if any (`shared.providers.limits`:
+the fleet's shared buckets), and reports a 429 to it, so every invocation slows down together.
+
 Both providers (embeddings and chat) send their requests through `post_with_retries`: 429, 5xx,
 408, timeouts, connection errors and malformed answers are retried with exponential backoff and
 full jitter, honouring `Retry-After`; answers that retrying cannot fix (other 4xx,
@@ -20,6 +23,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any, Literal
 
 from shared.providers.deadlines import MIN_REQUEST_S, attempts_allowed, request_timeout_s, time_left_s
+from shared.providers.limits import current_limiter
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 QUOTA_MESSAGE = "The OpenAI account has no quota left (insufficient_quota); claiming is paused until it has."
@@ -126,6 +130,9 @@ class Call:
     parse: Callable[[bytes], Any]
     # For a non-200 answer: raises for what retrying cannot fix, else (problem, Retry-After).
     classify: Callable[[Any], tuple[str, float | None]]
+    # For the rate limit (`shared.providers.limits`): the model, and the tokens the request uses.
+    model: str = ""
+    tokens: int = 0
 
 
 def post_with_retries(
@@ -137,7 +144,15 @@ def post_with_retries(
     `deadline` when no time was left, or whatever `classify` raised."""
     problem, retry_after = "", None
     attempt = 0
+    limiter = current_limiter() if call.model else None
     while True:
+        if limiter is not None and not limiter.acquire(call.model, call.tokens):
+            raise call.error(
+                f"No time was left in this invocation for {call.what}: the fleet's rate limit for "
+                f"{call.model} had no room for it before the deadline.",
+                retryable=True,
+                code="deadline",
+            )
         timeout = request_timeout_s(timeout_s)
         if timeout is None:
             raise call.error(
@@ -147,6 +162,8 @@ def post_with_retries(
                 code="deadline",
             )
         answer, problem, retry_after = _attempt(client, call, content, timeout, cut=timeout < timeout_s)
+        if limiter is not None and problem.startswith("HTTP 429"):
+            limiter.throttled(call.model, retry_after)
         if not problem:
             return answer, attempt + 1
         delay = retry.next_delay_s(attempt, retry_after)

@@ -21,6 +21,7 @@ from typing import Any, Protocol, TypeGuard
 from shared.errors import ConfigError, NexusError
 from shared.providers.cache import ProviderCache
 from shared.providers.deadlines import submit
+from shared.providers.limits import current_limiter
 from shared.providers.openai_http import (
     DEFAULT_BASE_URL,
     QUOTA_MESSAGE,
@@ -40,6 +41,7 @@ MAP_INPUT_TOKENS = 12_000  # bounded input per call, well inside gpt-4o-mini's c
 SUMMARY_WORDS = 120
 MAX_CHARS_PER_WORD = 8  # bounds an extractive summary's length where words are not spaced
 CLIENT_SUMMARY_WORDS = 150
+ANSWER_TOKENS = 400  # what a rate limit reserves for an answer of CLIENT_SUMMARY_WORDS or fewer
 
 
 class SummaryError(NexusError):
@@ -324,6 +326,9 @@ class OpenAISummarizer:
             SummaryError,
             _chat_answer,
             self._classify,
+            self.model,
+            # for the fleet's rate limit: the prompt, and an answer at its longest
+            count_tokens(instruction) + count_tokens(text) + ANSWER_TOKENS if current_limiter() else 0,
         )
         answer: tuple[str, tuple[int, int] | None]
         answer, _ = post_with_retries(

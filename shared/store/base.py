@@ -59,6 +59,7 @@ class SqlFunctionStore(GenerationCalls):
     def status(self) -> dict[str, Any]:
         status = dict(self._value("knowledge_status", {}, idempotent=True) or {})
         status["budgets"] = self.client_budgets()
+        status["rate_limits"] = self.provider_rate_status()
         return status
 
     def schema_facts(self) -> dict[str, Any]:
@@ -223,6 +224,46 @@ class SqlFunctionStore(GenerationCalls):
 
     def record_provider_success(self, provider: str) -> bool:
         return bool(self._value("record_provider_success", {"provider_name": provider}))
+
+    # --- the fleet's rate limits ---
+
+    def side_store(self) -> SqlFunctionStore:
+        """A store for short calls made from provider threads while this one may be busy (the
+        rate limit's): this one, unless a backend holds a single connection."""
+        return self
+
+    def take_provider_capacity(
+        self,
+        provider: str,
+        model: str,
+        tokens: float,
+        requests: float,
+        limits: tuple[float, float, float],
+        backfill: bool = False,
+        max_wait_s: float | None = None,
+    ) -> tuple[bool, float]:
+        arguments = {
+            "provider_name": provider,
+            "model_name": model,
+            "tokens": float(tokens),
+            "requests": float(requests),
+            "tokens_per_minute": limits[0],
+            "requests_per_minute": limits[1],
+            "burst_seconds": limits[2],
+            "backfill": backfill,
+            "max_wait_seconds": max_wait_s,
+        }
+        answer = dict(self._value("take_provider_capacity", arguments) or {})
+        return bool(answer.get("taken")), float(answer.get("wait_s") or 0.0)
+
+    def provider_throttled(self, provider: str, model: str, retry_after_s: float | None) -> float | None:
+        arguments = {"provider_name": provider, "model_name": model, "retry_after_seconds": retry_after_s}
+        scale = self._value("provider_throttled", arguments)
+        return None if scale is None else float(scale)
+
+    def provider_rate_status(self) -> list[dict[str, Any]]:
+        rows = self._rows("provider_rate_status", {}, idempotent=True)
+        return [dict(row["provider_rate_status"]) for row in rows]
 
     # --- summaries ---
 

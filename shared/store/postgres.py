@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+import threading
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -75,11 +76,23 @@ class PostgresStore(SqlFunctionStore):
         self.holder = holder
         self.write_connections = max(1, write_connections)
         self._writers: list[PostgresStore] = []
+        self._side: PostgresStore | None = None
+        self._side_lock = threading.Lock()
 
     def close(self) -> None:
         for writer in self._writers:
             writer.holder.close()
+        if self._side is not None:
+            self._side.holder.close()
         self.holder.close()
+
+    def side_store(self) -> PostgresStore:
+        """A sibling on a connection of its own (opened once): provider threads take the rate
+        limit's capacity there while this connection may be writing a claim."""
+        with self._side_lock:
+            if self._side is None:
+                self._side = PostgresStore(self.holder.sibling(), write_connections=1)
+            return self._side
 
     # --- the two primitives ---
 

@@ -106,6 +106,34 @@ class Store(Protocol):
         """Open (or extend) the fleet's back-off for `provider`."""
         ...
 
+    def take_provider_capacity(
+        self,
+        provider: str,
+        model: str,
+        tokens: float,
+        requests: float,
+        limits: tuple[float, float, float],
+        backfill: bool = False,
+        max_wait_s: float | None = None,
+    ) -> tuple[bool, float]:
+        """Take tokens and requests from the fleet's bucket for (provider, model) with `limits`
+        (tokens and requests per minute, burst seconds): (taken, seconds to wait). Taken: the
+        request may go after the wait. Not taken (a backfill that would eat into live work's
+        quarter, or a wait over `max_wait_s`): ask again after the wait."""
+        ...
+
+    def provider_throttled(self, provider: str, model: str, retry_after_s: float | None) -> float | None:
+        """A 429: pause the bucket for everyone and shrink its share; the new scale."""
+        ...
+
+    def provider_rate_status(self) -> list[dict[str, Any]]:
+        """Each bucket: provider, model, limits, scale, paused_until, throttled (429s)."""
+        ...
+
+    def side_store(self) -> Any:
+        """A store for short calls from provider threads while this one may be busy."""
+        ...
+
     def record_provider_success(self, provider: str) -> bool:
         """Close the back-off for `provider` and free the items it deferred; whether one was open."""
         ...

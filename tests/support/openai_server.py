@@ -23,6 +23,9 @@ What it models, and how far:
 - ``POST /v1/chat/completions`` answers "Summary: " and the first 40 words of the last user message,
   counts prompt tokens the way OpenAI's cookbook does (with cl100k, an approximation for gpt-4o's
   o200k), and refuses a prompt over the context window with ``context_length_exceeded``.
+- ``tokens_per_minute`` (``--tpm``) enforces an account's embedding TPM as a bucket holding ``burst_s``
+  seconds of it: a request with more tokens than are left gets OpenAI's 429 ``rate_limit_exceeded``
+  with ``Retry-After`` / ``retry-after-ms`` saying when there will be enough.
 - ``latency_ms`` is slept in the handler of every ``/v1`` request; requests are served on their own
   threads, so concurrent requests overlap as they would against the real service.
 - ``enqueue_faults`` queues failures served, in order, to the next requests (see ``FAULT_KEYS``).
@@ -215,8 +218,10 @@ class OpenAIError(Exception):
         type_: str = "invalid_request_error",
         param: str | None = None,
         code: str | None = None,
+        headers: tuple[tuple[str, str], ...] = (),
     ) -> None:
         super().__init__(message)
+        self.headers = headers
         self.status = status
         self.message = message
         self.type = type_
@@ -273,6 +278,8 @@ class _Limits:
     max_request_tokens: int
     chat_context_tokens: int
     token_ids: bool  # whether inputs may be arrays of token ids, as OpenAI's API allows
+    tokens_per_minute: float | None = None  # an account's TPM, enforced as a bucket (None: none)
+    burst_s: float = 10.0  # seconds of TPM the bucket holds
 
 
 @dataclass(frozen=True)
@@ -312,6 +319,34 @@ class _State:
         self.stopping = threading.Event()
         self.connections: set[socket.socket] = set()
         self.connection_threads = 0
+        self.bucket_tokens = (limits.tokens_per_minute or 0) * limits.burst_s / 60
+        self.bucket_at = time.monotonic()
+
+    def take_tokens(self, model: str, tokens: int) -> None:
+        """Take a request's tokens from the account's TPM bucket, or refuse it as OpenAI does: a
+        429 `rate_limit_exceeded` saying when to try again (Retry-After and retry-after-ms)."""
+        limit = self.limits.tokens_per_minute
+        if not limit:
+            return
+        capacity = limit * self.limits.burst_s / 60
+        with self.lock:
+            now = time.monotonic()
+            self.bucket_tokens = min(capacity, self.bucket_tokens + (now - self.bucket_at) * limit / 60)
+            self.bucket_at = now
+            if tokens <= self.bucket_tokens or (tokens > capacity and self.bucket_tokens >= capacity):
+                self.bucket_tokens -= tokens
+                return
+            wait_s = (min(tokens, capacity) - self.bucket_tokens) * 60 / limit
+        raise OpenAIError(
+            429,
+            f"Rate limit reached for {model} in organization org-local on tokens per min (TPM): Limit "
+            f"{limit:.0f}, Used {capacity - max(self.bucket_tokens, 0):.0f}, Requested {tokens}. Please "
+            f"try again in {wait_s * 1000:.0f}ms.",
+            "tokens",
+            None,
+            "rate_limit_exceeded",
+            (("retry-after-ms", f"{wait_s * 1000:.0f}"), ("retry-after", f"{math.ceil(wait_s)}")),
+        )
 
     def wait(self, seconds: float) -> None:
         """Sleep, cut short when the server stops."""
@@ -563,6 +598,7 @@ def _answer_embeddings(state: _State, payload: dict[str, Any]) -> _Response:
         raise OpenAIError(400, _INVALID_INPUT)
     counts = _count_tokens(items)
     _check_token_limits(counts, state.limits)
+    state.take_tokens(model, sum(counts))
     data = [
         {
             "object": "embedding",
@@ -805,7 +841,7 @@ class _Handler(BaseHTTPRequestHandler):
                 return _ANSWERS[endpoint](state, _parse_json(raw))
             except OpenAIError as error:
                 state.record_rejection(endpoint, error)
-                return _Response.json(error.status, error.body())
+                return _Response.json(error.status, error.body(), error.headers)
             except Exception:
                 state.record_internal_error(traceback.format_exc())
                 error = OpenAIError(500, "The local OpenAI server failed; see its stats.", "server_error")
@@ -892,8 +928,18 @@ class OpenAIServer:
         max_request_tokens: int = MAX_REQUEST_TOKENS,
         chat_context_tokens: int = CHAT_CONTEXT_TOKENS,
         token_ids: bool = True,
+        tokens_per_minute: float | None = None,
+        burst_s: float = 10.0,
     ) -> None:
-        limits = _Limits(max_inputs, max_input_tokens, max_request_tokens, chat_context_tokens, token_ids)
+        limits = _Limits(
+            max_inputs,
+            max_input_tokens,
+            max_request_tokens,
+            chat_context_tokens,
+            token_ids,
+            tokens_per_minute,
+            burst_s,
+        )
         self._state = _State(latency_ms / 1000, limits, api_key)
         self._address = (host, port)
         self._httpd: _Server | None = None
@@ -1015,11 +1061,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port (default)")
     parser.add_argument("--latency-ms", type=float, default=0.0, help="sleep per /v1 request")
     parser.add_argument("--api-key", default=None, help="the only bearer key accepted (default: any)")
+    parser.add_argument(
+        "--tpm", type=float, default=None, help="enforce this many embedding tokens per minute"
+    )
+    parser.add_argument("--burst-s", type=float, default=10.0, help="seconds of --tpm one burst may use")
     args = parser.parse_args(argv)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    server = OpenAIServer(args.latency_ms, host=args.host, port=args.port, api_key=args.api_key)
+    server = OpenAIServer(
+        args.latency_ms,
+        host=args.host,
+        port=args.port,
+        api_key=args.api_key,
+        tokens_per_minute=args.tpm,
+        burst_s=args.burst_s,
+    )
     try:
         server.start()
     except OSError as error:

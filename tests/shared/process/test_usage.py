@@ -28,6 +28,7 @@ from shared.providers.prices import PriceTable
 from shared.providers.summaries import OpenAISummarizer
 from shared.providers.usage import apportion
 from shared.store.postgres import PostgresStore
+from shared.store.rows import UsageEntry
 from tests.shared.store.test_rls import acting_as, user_claims
 from tests.support.openai_server import OpenAIServer, cl100k
 from tests.support.process_helpers import document, insert_items
@@ -154,9 +155,18 @@ def test_the_daily_view_rolls_up_and_each_client_reads_only_its_own(
     insert_items(db, db_client, [document(random.Random(1), 3, 60, tag="a")])
     insert_items(db, other, [document(random.Random(2), 3, 60, tag="b")])
     Processor(db_store, *providers).sweep(lambda: 600.0)
-    before = db.execute("select * from usage_by_day order by client_id, kind").fetchall()
-    assert db.execute("select nexus.roll_up_usage() as moved").fetchone() == {"moved": 4 + 2}
+    # the sweep rolled its lines up: the view reads them from the daily totals
     assert db.execute("select count(*) as n from usage_pending").fetchone() == {"n": 0}
+    totals = "select client_id, kind, sum(requests)::int, sum(tokens)::int from usage_by_day group by 1, 2"
+    records = (
+        "select client_id, kind, sum(requests)::int, sum(prompt_tokens + completion_tokens)::int "
+        "from usage_records group by 1, 2"
+    )
+    assert sorted(map(str, db.execute(totals).fetchall())) == sorted(map(str, db.execute(records).fetchall()))
+    # a line recorded since is in the view before any roll-up, and once after it
+    db_store.record_usage([UsageEntry(other, None, "gpt-4o-mini", "chat", "fold", 1, 100, 10, 0.0001)])
+    before = db.execute("select * from usage_by_day order by client_id, kind").fetchall()
+    assert db.execute("select nexus.roll_up_usage() as moved").fetchone() == {"moved": 1}
     assert db.execute("select * from usage_by_day order by client_id, kind").fetchall() == before
     with acting_as(db, "authenticated", user_claims(db_client)) as conn:
         seen = conn.execute("select distinct client_id from usage_by_day").fetchall()
@@ -193,6 +203,7 @@ from shared.providers.embeddings import OpenAIEmbedder
 from shared.providers.summaries import OpenAISummarizer
 from shared.store.database import ConnectionHolder
 from shared.store.postgres import PostgresStore
+from shared.store.rows import UsageEntry
 
 dsn, base_url = sys.argv[1], sys.argv[2]
 store = PostgresStore(ConnectionHolder(dsn))

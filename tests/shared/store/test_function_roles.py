@@ -50,6 +50,9 @@ RUNS = {
         "record_usage",
         "roll_up_usage",
         "client_budget_status",
+        "take_provider_capacity",
+        "provider_throttled",
+        "provider_rate_status",
     },
     "nexus_gcal": {
         "read_google_token",

@@ -225,6 +225,8 @@ def test_calls_go_over_http_as_service_role(
     assert [(c.function, c.role, c.status) for c in postgrest.calls] == [
         ("ingest_knowledge_items", "service_role", 200),
         ("knowledge_status", "service_role", 200),
+        ("client_budget_status", "service_role", 200),
+        ("provider_rate_status", "service_role", 200),
     ]
 
 
@@ -662,6 +664,8 @@ def test_each_kind_of_server_key_is_sent_as_supabase_expects(
     assert [(c.function, c.role, c.status, c.credentials) for c in gateway.calls] == [
         ("ingest_knowledge_items", "service_role", 200, frozenset(sent)),
         ("knowledge_status", "service_role", 200, frozenset(sent)),
+        ("client_budget_status", "service_role", 200, frozenset(sent)),
+        ("provider_rate_status", "service_role", 200, frozenset(sent)),
     ]
 
 
