@@ -90,7 +90,7 @@ def run(args: argparse.Namespace, limited: bool) -> dict[str, float]:
         for sweeper in sweepers:
             sweeper.wait()
         elapsed = time.monotonic() - started
-        stats = remote.stats()
+        stats = remote.stats
         status = json.loads(
             subprocess.run(
                 [*nexus, "status", "--json"], cwd=ROOT, env=env, check=True, capture_output=True, text=True

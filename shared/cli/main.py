@@ -145,6 +145,9 @@ def cmd_process(args: argparse.Namespace, settings: Settings) -> int:
             f"{summary['generation_chunks']} vectors stored for other embedding generations "
             f"({summary['generation_embedded']} embedded; the rest reused)"
         )
+    waiting = sum(int(b.get("waiting_items") or 0) for b in store.client_budgets() if b.get("over_budget"))
+    if waiting:
+        print(f"{waiting} item(s) wait for their client's monthly budget (nexus budget show)")
     if args.item is not None and not report.claimed:
         print(
             f"item {args.item} needed no processing (already done, leased elsewhere, unknown, "
