@@ -48,8 +48,9 @@ function_url() {
 python3 "$ROOT/infra/gcp/stage.py" --out "$STAGE_DIR"
 
 # 2. One runtime service account per function, each reading only its own secrets (its own
-#    DATABASE_URL too: each logs in as its function's database role, nexus_ingest/process/gcal).
-for account in ingest process gcal scheduler; do
+#    DATABASE_URL too: each logs in as its function's database role,
+#    nexus_ingest/process/gcal/search).
+for account in ingest process gcal search scheduler; do
   exists gcloud iam service-accounts describe "$(sa "$account")" --project "$PROJECT" ||
     run gcloud iam service-accounts create "$PREFIX-$account" --project "$PROJECT" \
       --display-name "Nexus Workers: $account"
@@ -66,11 +67,19 @@ grant_secret openai-api-key process
 grant_secret webhook-secret process
 grant_secret database-url-gcal gcal
 grant_secret token-encryption-key gcal
+# search: authenticated like ingest (the same bearer keys), embeds the query like process.
+grant_secret database-url-search search
+grant_secret ingest-api-keys search
+grant_secret openai-api-key search
 
 INGEST_SECRETS="DATABASE_URL=$PREFIX-database-url-ingest:latest,NEXUS_INGEST_API_KEYS=$PREFIX-ingest-api-keys:latest"
+SEARCH_SECRETS="DATABASE_URL=$PREFIX-database-url-search:latest,NEXUS_INGEST_API_KEYS=$PREFIX-ingest-api-keys:latest"
+SEARCH_SECRETS="$SEARCH_SECRETS,OPENAI_API_KEY=$PREFIX-openai-api-key:latest"
 if exists gcloud secrets describe "$PREFIX-supabase-jwt-secret" --project "$PROJECT"; then
   grant_secret supabase-jwt-secret ingest
   INGEST_SECRETS="$INGEST_SECRETS,SUPABASE_JWT_SECRET=$PREFIX-supabase-jwt-secret:latest"
+  grant_secret supabase-jwt-secret search
+  SEARCH_SECRETS="$SEARCH_SECRETS,SUPABASE_JWT_SECRET=$PREFIX-supabase-jwt-secret:latest"
 fi
 PROCESS_SECRETS="DATABASE_URL=$PREFIX-database-url-process:latest,OPENAI_API_KEY=$PREFIX-openai-api-key:latest"
 PROCESS_SECRETS="$PROCESS_SECRETS,NEXUS_WEBHOOK_SECRET=$PREFIX-webhook-secret:latest"
@@ -92,6 +101,11 @@ deploy "$PREFIX-ingest" ingest ingest ingest \
   --trigger-http --allow-unauthenticated --memory 512Mi --timeout 30s \
   --set-secrets "$INGEST_SECRETS" \
   --set-env-vars "POWERTOOLS_SERVICE_NAME=nexus-ingest,POWERTOOLS_METRICS_NAMESPACE=NexusWorkers,LOG_LEVEL=INFO"
+
+deploy "$PREFIX-search" search search search \
+  --trigger-http --allow-unauthenticated --memory 512Mi --timeout 30s \
+  --set-secrets "$SEARCH_SECRETS" \
+  --set-env-vars "POWERTOOLS_SERVICE_NAME=nexus-search,POWERTOOLS_METRICS_NAMESPACE=NexusWorkers,LOG_LEVEL=INFO"
 
 deploy "$PREFIX-process-webhook" process webhook process \
   --trigger-http --allow-unauthenticated --memory 1Gi --timeout 300s \
@@ -150,4 +164,5 @@ schedule "$PREFIX-process-sweep" "$PREFIX-process-sweep" "*/5 * * * *"
 
 echo
 echo "Ingest URL:   $(function_url "$PREFIX-ingest")"
+echo "Search URL:   $(function_url "$PREFIX-search")"
 echo "Webhook URL:  $(function_url "$PREFIX-process-webhook")  (Supabase: Vault secret nexus_process_url)"

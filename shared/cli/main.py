@@ -159,7 +159,7 @@ def cmd_process(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
     from shared.search.service import search
 
-    hits = search(open_store(settings), settings, args.query, args.k, args.client_id)
+    hits = search(open_store(settings), settings, args.query, args.k, args.client_id, args.mode)
     if args.json:
         print(json.dumps([hit.as_dict() for hit in hits], ensure_ascii=False, indent=2))
         return 0
@@ -167,7 +167,8 @@ def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
         print("no results")
     for rank, hit in enumerate(hits, 1):
         snippet = " ".join(hit.content.split())[:160]
-        print(f"{rank:>2}. {hit.similarity:.3f}  {hit.source}  [{hit.chunk_index}]\n    {snippet}")
+        similarity = "  -  " if hit.similarity is None else f"{hit.similarity:.3f}"
+        print(f"{rank:>2}. {similarity}  {hit.source}  [{hit.chunk_index}]\n    {snippet}")
     return 0
 
 
@@ -200,8 +201,14 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--all", action="store_true", help="process everything claimable (the default)")
     process.set_defaults(run=cmd_process)
 
-    search = commands.add_parser("search", help="semantic search over the chunks")
+    search = commands.add_parser("search", help="hybrid (full-text + vector), vector or text search")
     search.add_argument("query")
+    search.add_argument(
+        "--mode",
+        choices=("hybrid", "vector", "text"),
+        default="hybrid",
+        help="hybrid: full-text and vector results fused by rank (default); text calls no API",
+    )
     search.add_argument("--client-id", type=_parse_uuid)
     search.add_argument("-k", type=int, default=5, help="how many results (default 5)")
     search.add_argument("--json", action="store_true", help="print a JSON array, best first")

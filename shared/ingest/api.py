@@ -6,13 +6,13 @@ a client mistake never gets a 5xx and never stores anything.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from shared.config import Settings, get_settings
 from shared.errors import NexusError
 from shared.http.auth import Principal, authenticate
+from shared.http.bodies import decode_json
 from shared.http.messages import HttpRequest, HttpResponse
 from shared.http.problems import ProblemError
 from shared.ingest.queue import ItemQueue, NoQueue, SqsQueue
@@ -69,7 +69,7 @@ class IngestEndpoint:
                 413,
                 f"The body is larger than the {settings.max_body_bytes}-byte limit (NEXUS_MAX_BODY_BYTES).",
             )
-        payload = _decode_json(request)
+        payload = decode_json(request)
         key = check_idempotency_key(request.header("idempotency-key"))
         results, is_batch = self.ingest(payload, principal=principal, idempotency_key=key)
         if is_batch:
@@ -94,26 +94,6 @@ class IngestEndpoint:
             max_item_tokens=settings.max_item_tokens,
         )
         return results, is_batch
-
-
-def _is_json(content_type: str | None) -> bool:
-    if not content_type:
-        return False
-    media = content_type.split(";", 1)[0].strip().lower()
-    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def _decode_json(request: HttpRequest) -> Any:
-    if not _is_json(request.header("content-type")):
-        raise ProblemError(415, "The body must be JSON; send 'Content-Type: application/json'.")
-    try:
-        return json.loads(request.body.decode("utf-8"), parse_constant=_reject_constant)
-    except (ValueError, RecursionError):
-        raise ProblemError(400, "The body is not valid UTF-8 JSON.", slug="malformed-json") from None
 
 
 def _server_problem(exc: NexusError) -> HttpResponse:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from shared.http.auth import Principal
+from shared.http.bodies import field_errors
 from shared.http.problems import FieldError, ProblemError
 from shared.ingest.metadata import extract_metadata
 from shared.ingest.queue import ItemQueue
@@ -88,22 +89,6 @@ class IngestBatch(BaseModel):
     items: list[IngestItem] = Field(min_length=1, max_length=MAX_BATCH_ITEMS)
 
 
-def _field_errors(exc: ValidationError, prefix: str = "") -> list[FieldError]:
-    errors = []
-    for error in exc.errors(include_url=False):
-        path = ".".join(str(part) for part in error["loc"])
-        field = f"{prefix}{path}" if path else prefix.rstrip(".")
-        message = str(error["msg"]).removeprefix("Value error, ")
-        if error["type"] == "missing":
-            message = "is required"
-        elif error["type"] == "uuid_parsing" or error["type"] == "uuid_type":
-            message = "must be a UUID"
-        elif error["type"] == "dict_type":
-            message = "must be a JSON object"
-        errors.append(FieldError(field, f"{field or 'body'} {message}."))
-    return errors
-
-
 def parse_items(payload: Any) -> tuple[list[IngestItem], bool]:
     """Validate a decoded JSON body: one item, or `{"items": [...]}`. Returns (items, is_batch).
 
@@ -119,7 +104,7 @@ def parse_items(payload: Any) -> tuple[list[IngestItem], bool]:
         return [IngestItem.model_validate(payload)], False
     except ValidationError as exc:
         raise ProblemError(
-            422, "Some fields are invalid; see errors.", errors=_field_errors(exc), slug="invalid-fields"
+            422, "Some fields are invalid; see errors.", errors=field_errors(exc), slug="invalid-fields"
         ) from None
 
 

@@ -56,7 +56,7 @@ from shared.local.environment import (
 )
 from shared.local.servers import HOST, port_of, post_local, source_path
 from shared.runtime.events import EventError, is_process_message, lambda_event_kind, parse_json
-from shared.runtime.functions import function_named
+from shared.runtime.functions import FUNCTIONS, function_named
 
 ITEM_PLACEHOLDER = "REPLACE_WITH_ITEM_ID"
 CLIENT_PLACEHOLDER = "REPLACE_WITH_CLIENT_ID"
@@ -108,6 +108,15 @@ def _carries_process_message(event: dict[str, Any]) -> bool:
         return False
 
 
+def _http_function(event: dict[str, Any]) -> str:
+    """The function a function-URL request is for, by its path (ingest's when it names none)."""
+    path = str(event.get("rawPath") or "").rstrip("/")
+    for function in FUNCTIONS:
+        if function.http_path != "/" and path == function.http_path.rstrip("/"):
+            return function.name
+    return "ingest"
+
+
 def _is_pubsub(event: Any) -> bool:
     """A Pub/Sub CloudEvent (as functions-framework hands it) or a Pub/Sub push envelope: not
     Lambda events, so `lambda_event_kind` does not know them."""
@@ -125,7 +134,7 @@ def classify(event: Any, function: str | None = None) -> Replay:
     """
     kind = lambda_event_kind(event)
     if kind == "http":
-        chosen = "process" if _carries_process_message(event) else "ingest"
+        chosen = "process" if _carries_process_message(event) else _http_function(event)
         return Replay("function_url", function or chosen, event)
     if kind == "sqs":
         return Replay("sqs", function or "process", event)

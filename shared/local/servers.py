@@ -2,8 +2,8 @@
 
 Which functions, from which source and with which target comes from `shared.runtime.functions`:
 function i of `FUNCTIONS` serves its `dev_target` on 127.0.0.1, port N + i (N the `--port`), so
-ingest is on N, process on N + 1 and gcal_refresh on N + 2. `nexus replay --port N` reaches the
-same servers through `port_of` and `post_local`.
+ingest is on N, process on N + 1, gcal_refresh on N + 2 and search on N + 3. `nexus replay
+--port N` reaches the same servers through `port_of` and `post_local`.
 
 Each server runs in its own process group, so Ctrl-C reaches `nexus dev` only and stopping ends
 the server's workers too.

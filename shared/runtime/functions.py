@@ -40,6 +40,7 @@ FUNCTIONS: tuple[Function, ...] = (
     Function("ingest", "ingest", ("ingest",), http_path="/api/knowledge/ingest"),
     Function("process", "process", ("webhook", "sweep"), ("pubsub",)),
     Function("gcal_refresh", "gcal", ("refresh",)),
+    Function("search", "search", ("search",), http_path="/api/knowledge/search"),
 )
 
 

@@ -1,31 +1,93 @@
-"""Search: embed the query for the active embedding generation (the configured provider, the
-generation's model and dimensions), then `match_knowledge_chunks` (HNSW, cosine), which searches
-that generation."""
+"""Search: hybrid (full-text and vector, fused by reciprocal rank: `match_knowledge_chunks_hybrid`),
+vector alone (`match_knowledge_chunks`: HNSW, cosine) or text alone. The query is embedded for the
+active embedding generation (the configured provider, the generation's model and dimensions);
+text alone calls no API. What embedding the query cost goes to the usage ledger (purpose
+`search`, the client searched, if one)."""
 
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Any, Literal
 
 from shared.store import SearchHit, Store
 
 MAX_K = 200
+SEARCH_MODES = ("hybrid", "vector", "text")
+SearchMode = Literal["hybrid", "vector", "text"]
 
 
 def search(
-    store: Store, settings: Any, query: str, k: int = 5, client_id: uuid.UUID | None = None
+    store: Store,
+    settings: Any,
+    query: str,
+    k: int = 5,
+    client_id: uuid.UUID | None = None,
+    mode: SearchMode = "hybrid",
 ) -> list[SearchHit]:
-    """The `k` chunks most similar to `query`, best first; only `client_id`'s when given."""
-    from shared.providers.embeddings import embedder_for, embedder_from_settings
-    from shared.store.generations import generations_from_facts
-
+    """The `k` best chunks for `query`, best first; only `client_id`'s when given."""
     if not query.strip():
         raise ValueError("The query is empty.")
     if not 1 <= k <= MAX_K:
         raise ValueError(f"-k must be between 1 and {MAX_K}.")
+    if mode not in SEARCH_MODES:
+        raise ValueError(f"The search mode must be one of {', '.join(SEARCH_MODES)}, not {mode!r}.")
+    if mode == "text":
+        return store.search_hybrid(query, None, k, client_id)
+    embedding = query_embedding(store, settings, query, client_id)
+    if mode == "vector":
+        return store.search(embedding, k, client_id)
+    return store.search_hybrid(query, embedding, k, client_id)
+
+
+def query_embedding(store: Store, settings: Any, query: str, client_id: uuid.UUID | None) -> Any:
+    """`query` embedded like the vectors it is compared with (the active generation's model and
+    dimensions); its usage recorded (a failure to record is logged, never raised)."""
+    from shared.errors import NexusError
+    from shared.providers.embeddings import embedder_for, embedder_from_settings
+    from shared.providers.prices import price_table
+    from shared.providers.usage import metered
+    from shared.store.generations import generations_from_facts
+    from shared.store.rows import UsageEntry
+
     embedder = embedder_from_settings(settings)
     active = next((g for g in generations_from_facts(store.schema_facts()) if g.state == "active"), None)
-    if active is not None:  # the query is embedded like the vectors it is compared with
+    if active is not None:
         embedder = embedder_for(embedder, active.model, active.dimensions)
-    embedding = embedder.embed([query])[0]
-    return store.search(embedding, k, client_id)
+    with metered() as meter:
+        embedding = embedder.embed([query], [_token_bound(query)])[0]
+    prices = price_table(settings)
+    lines = [
+        UsageEntry(
+            client_id,
+            None,
+            u.model,
+            u.kind,
+            "search",
+            u.requests,
+            u.prompt_tokens,
+            0,
+            prices.usd(u.kind, u.model, u.tokens),
+        )
+        for u in meter.totals()
+    ]
+    if lines:
+        try:
+            store.record_usage(lines)
+        except NexusError as exc:
+            from shared.logs import get_logger
+
+            get_logger().warning("usage of a search query was not recorded", extra={"error": str(exc)})
+    return embedding
+
+
+def _token_bound(query: str) -> int:
+    """At least the query's cl100k tokens without loading the tokenizer (a cold start's worth):
+    a token is at least one byte of UTF-8. Counted exactly only past the per-input limit."""
+    from shared.providers.embeddings import MAX_TOKENS_PER_INPUT
+
+    size = len(query.encode("utf-8"))
+    if size <= MAX_TOKENS_PER_INPUT:
+        return size
+    from shared.text.tokenizer import count_tokens
+
+    return count_tokens(query)

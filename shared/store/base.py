@@ -351,6 +351,18 @@ class SqlFunctionStore(GenerationCalls):
         rows = self._rows("match_knowledge_chunks", arguments, idempotent=True, vectors=True)
         return [SearchHit.from_row(row) for row in rows]
 
+    def search_hybrid(
+        self, query: str, embedding: array[float] | None, k: int, client_id: uuid.UUID | None
+    ) -> list[SearchHit]:
+        arguments = {
+            "query_text": query,
+            "query_embedding": embedding,
+            "match_count": self._capped(k),
+            "filter_client_id": client_id,
+        }
+        rows = self._rows("match_knowledge_chunks_hybrid", arguments, idempotent=True, vectors=True)
+        return [SearchHit.from_row(row) for row in rows]
+
 
 def _vector(value: Any) -> array[float]:
     """A vector as read: `array('f')` from psycopg, pgvector's text form (or a JSON array) from PostgREST."""

@@ -261,3 +261,10 @@ class Store(Protocol):
     def search(self, embedding: array[float], k: int, client_id: uuid.UUID | None) -> list[SearchHit]:
         """The `k` chunks nearest to `embedding` (cosine), optionally for one client."""
         ...
+
+    def search_hybrid(
+        self, query: str, embedding: array[float] | None, k: int, client_id: uuid.UUID | None
+    ) -> list[SearchHit]:
+        """The `k` best chunks by reciprocal rank fusion of full-text search for `query` and
+        vector search for `embedding` (None: text alone), optionally for one client."""
+        ...

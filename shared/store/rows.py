@@ -7,6 +7,7 @@ or PostgREST's JSON with uuids as strings).
 from __future__ import annotations
 
 import hashlib
+import math
 import uuid
 from array import array
 from dataclasses import dataclass
@@ -196,6 +197,15 @@ class CompletedItem:
         return sum(c.token_count for c in self.chunks)
 
 
+def _similarity(value: Any) -> float | None:
+    """A hit's similarity; None when there is none (a text search) or it is undefined (a query
+    vector of all zeros, from a query with no word the local embedder knows, gives NaN)."""
+    if value is None:
+        return None
+    similarity = float(value)
+    return None if math.isnan(similarity) else similarity
+
+
 @dataclass(frozen=True)
 class SearchHit:
     id: uuid.UUID
@@ -204,7 +214,7 @@ class SearchHit:
     chunk_index: int
     content: str
     source: str
-    similarity: float
+    similarity: float | None  # the vector similarity (None: a search by text alone)
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> SearchHit:
@@ -215,7 +225,7 @@ class SearchHit:
             chunk_index=int(row["chunk_index"]),
             content=row["content"],
             source=row["source"],
-            similarity=float(row["similarity"]),
+            similarity=_similarity(row["similarity"]),
         )
 
     def as_dict(self) -> dict[str, Any]:

@@ -67,7 +67,16 @@ def test_search_finds_the_document_and_respects_the_client(demo_home: Path) -> N
         "source",
         "similarity",
     }
-    assert [h["similarity"] for h in hits] == sorted((h["similarity"] for h in hits), reverse=True)
+    # hybrid (the default) ranks by fused rank; vector search alone by similarity
+    vector: list[dict[str, Any]] = json.loads(
+        nexus(demo_home, "search", query, "--client-id", str(acme), "--mode", "vector", "--json").stdout
+    )
+    assert vector[0]["source"].endswith("amr-maintenance-runbook.md")
+    assert [h["similarity"] for h in vector] == sorted((h["similarity"] for h in vector), reverse=True)
+    text = json.loads(
+        nexus(demo_home, "search", query, "--client-id", str(acme), "--mode", "text", "--json").stdout
+    )
+    assert text[0]["source"].endswith("amr-maintenance-runbook.md") and text[0]["similarity"] is None
     other = demo_client_id("cedar-legal")
     theirs = json.loads(nexus(demo_home, "search", query, "--client-id", str(other), "--json").stdout)
     assert theirs and {h["client_id"] for h in theirs} == {str(other)}

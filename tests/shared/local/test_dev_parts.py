@@ -47,6 +47,7 @@ def test_the_default_delivery_retries_give_up_after_two_minutes() -> None:
         ("ingest", 8080, 8080, "http://127.0.0.1:8080/api/knowledge/ingest"),
         ("process", 8080, 8081, "http://127.0.0.1:8081/"),
         ("gcal_refresh", 8080, 8082, "http://127.0.0.1:8082/"),
+        ("search", 8080, 8083, "http://127.0.0.1:8083/api/knowledge/search"),
         ("process", 9000, 9001, "http://127.0.0.1:9001/"),
     ],
 )
@@ -56,8 +57,8 @@ def test_each_function_has_its_port_and_url(name: str, base_port: int, port: int
 
 def test_every_function_gets_a_port_in_the_order_of_the_list() -> None:
     assert ports_used(8080) == [8080 + i for i in range(len(FUNCTIONS))]
-    with pytest.raises(KeyError, match="No function named 'search'"):
-        port_of("search", 8080)
+    with pytest.raises(KeyError, match="No function named 'dashboard'"):
+        port_of("dashboard", 8080)
 
 
 def test_every_function_serves_its_dev_target_from_the_checkout() -> None:
@@ -73,14 +74,15 @@ def test_the_printed_table_has_a_line_per_function() -> None:
         "  ingest          POST http://127.0.0.1:8080/api/knowledge/ingest",
         "  process         POST http://127.0.0.1:8081/  (Supabase webhook; the bridge posts here)",
         "  gcal_refresh    POST http://127.0.0.1:8082/  (token upkeep; every 9 s)",
+        "  search          POST http://127.0.0.1:8083/api/knowledge/search",
     ]
 
 
 @pytest.mark.parametrize(
     ("port", "message"),
     [
-        (0, "Port 0 is out of range; pass --port N with N + 2 below 65536."),
-        (65536, "Port 65536 is out of range; pass --port N with N + 2 below 65536."),
+        (0, "Port 0 is out of range; pass --port N with N + 3 below 65536."),
+        (65536, "Port 65536 is out of range; pass --port N with N + 3 below 65536."),
     ],
 )
 def test_a_port_out_of_range_is_one_sentence(port: int, message: str) -> None:

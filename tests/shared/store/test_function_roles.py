@@ -54,6 +54,12 @@ RUNS = {
         "provider_throttled",
         "provider_rate_status",
     },
+    "nexus_search": {
+        "match_knowledge_chunks",
+        "match_knowledge_chunks_hybrid",
+        "knowledge_schema",
+        "record_usage",
+    },
     "nexus_gcal": {
         "read_google_token",
         "list_google_tokens",
@@ -163,6 +169,52 @@ def test_gcal_keeps_tokens_and_sees_no_knowledge(role_url: Any) -> None:
             "select * from knowledge_items",
             "select * from knowledge_chunks",
             "select * from public.claim_knowledge_items('intruder', 10, 60)",
+        ):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(statement)
+
+
+def test_search_finds_chunks_records_its_cost_and_can_do_nothing_else(
+    role_url: Any, db_client: uuid.UUID, db: psycopg.Connection[Any], openai_server: Any
+) -> None:
+    from shared.config import Settings
+    from shared.providers.embeddings import OpenAIEmbedder
+    from shared.search.service import search
+
+    text = "The search role reads chunks. Fault E-212 means the valve is stuck."
+    db.execute(
+        "insert into knowledge_items (client_id, source, content) values (%s, 'roles', %s)", (db_client, text)
+    )
+    process = PostgresStore(ConnectionHolder(role_url("nexus_process")))
+    embedder = OpenAIEmbedder("sk-roles", base_url=openai_server.base_url)
+    try:
+        assert Processor(process, embedder, LocalSummarizer()).sweep(lambda: 60.0).done == 1
+    finally:
+        process.close()
+        embedder.close()
+    settings = Settings(
+        embedding_provider="openai", openai_api_key="sk-roles", openai_base_url=openai_server.base_url
+    )
+    store = PostgresStore(ConnectionHolder(role_url("nexus_search")))
+    try:
+        for mode in ("hybrid", "vector", "text"):
+            hits = search(store, settings, "fault E-212", 5, db_client, mode=mode)  # type: ignore[arg-type]
+            assert hits and "E-212" in hits[0].content, mode
+    finally:
+        store.close()
+    # the two queries that were embedded are on record, as the client's searches
+    searches = db.execute(
+        "select count(*) as n from usage_records where purpose = 'search' and client_id = %s", (db_client,)
+    ).fetchone()
+    assert searches == {"n": 2}
+    with psycopg.connect(role_url("nexus_search"), autocommit=True) as conn:
+        for statement in (
+            "select * from system_config",
+            "select * from client_summaries",
+            "select * from public.claim_knowledge_items('intruder', 10, 60)",
+            "update knowledge_items set content = 'x'",
+            "delete from knowledge_chunks",
+            "select * from usage_records",
         ):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute(statement)

@@ -259,7 +259,7 @@ def test_api_roles_cannot_run_the_service_functions(
 
 def test_only_search_is_executable_by_the_api_roles(conn: psycopg.Connection[Any]) -> None:
     """Every function of ours in public, the write functions included, is closed to anon and
-    authenticated, except `match_knowledge_chunks`."""
+    authenticated, except the two searches (`match_knowledge_chunks` and its hybrid), under RLS."""
     rows = conn.execute(
         """select p.oid::regprocedure::text as function,
                   has_function_privilege('anon', p.oid, 'execute') as anon,
@@ -278,5 +278,5 @@ def test_only_search_is_executable_by_the_api_roles(conn: psycopg.Connection[Any
         "match_knowledge_chunks",
     } <= functions
     open_to_api = {r["function"].split("(")[0] for r in rows if r["authenticated"]}
-    assert open_to_api == {"match_knowledge_chunks"}
-    assert {r["function"].split("(")[0] for r in rows if r["anon"]} <= {"match_knowledge_chunks"}
+    assert open_to_api == {"match_knowledge_chunks", "match_knowledge_chunks_hybrid"}
+    assert not {r["function"].split("(")[0] for r in rows if r["anon"]}

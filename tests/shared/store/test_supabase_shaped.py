@@ -117,7 +117,10 @@ def test_the_api_roles_reach_only_what_the_contract_allows(cluster: SupabaseClus
             }
             for role in ("anon", "authenticated")
         }
-        assert runnable == {"anon": set(), "authenticated": {"match_knowledge_chunks"}}
+        assert runnable == {
+            "anon": set(),
+            "authenticated": {"match_knowledge_chunks", "match_knowledge_chunks_hybrid"},
+        }
         tables = conn.execute(
             "select c.relname, c.relrowsecurity "
             "from pg_class c join pg_namespace n on n.oid = c.relnamespace "
