@@ -32,6 +32,7 @@ from shared.store import ChunkRecord, ClaimedItem, CompletedItem, Store, UsageEn
 from shared.store.rows import Generation
 from shared.text.chunking import Chunk
 from shared.text.hashing import sha256_hex
+from shared.text.html import document_text
 
 __all__ = ["CHUNK_THREADS", "ClaimStages", "PreparedItem", "SummaryOutcome"]
 
@@ -49,6 +50,7 @@ class PreparedItem:
     chunks: list[Chunk]
     hashes: list[str]
     started: float
+    text: str  # what was chunked: the content, or an HTML item's visible text
 
 
 class ClaimStages:
@@ -128,8 +130,9 @@ class ClaimStages:
 
     def _chunk(self, item: ClaimedItem) -> PreparedItem:
         started = time.monotonic()
-        chunks = self.chunker(item.content, self.chunk_tokens, self.chunk_overlap)
-        return PreparedItem(item, chunks, [sha256_hex(c.text) for c in chunks], started)
+        text = document_text(item.content)  # HTML never reaches the embedder with its tags
+        chunks = self.chunker(text, self.chunk_tokens, self.chunk_overlap)
+        return PreparedItem(item, chunks, [sha256_hex(c.text) for c in chunks], started, text)
 
     def _embeddings(
         self,
@@ -269,7 +272,7 @@ class ClaimStages:
         return {p.item.id: outcome for p, outcome in zip(prepared, results, strict=True)}
 
     def _summary_input(self, p: PreparedItem) -> list[str]:
-        return [c.text for c in p.chunks] if self.chunk_overlap == 0 else [p.item.content]
+        return [c.text for c in p.chunks] if self.chunk_overlap == 0 else [p.text]
 
     def _summary_counts(self, p: PreparedItem) -> list[int] | None:
         """The token counts of `_summary_input`, when the chunks are it (no overlap)."""

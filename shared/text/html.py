@@ -1,4 +1,5 @@
-"""HTML to text: the visible text of a page, paragraphs kept as blank lines, never its tags."""
+"""HTML to text: the visible text of a page, paragraphs kept as blank lines, never its tags; and
+`document_text`, which gives any item's text as it is chunked and embedded (HTML without its tags)."""
 
 from __future__ import annotations
 
@@ -87,3 +88,22 @@ def html_to_text(markup: str) -> str:
     text = re.sub(r"[ \t]+\n", "\n", text)
     text = re.sub(r"\n[ \t]+", "\n", text)
     return re.sub(r"\n{3,}", "\n\n", text).strip()
+
+
+# Markup begins with a tag (after whitespace and comments): a document, or a fragment of one. Text
+# that merely quotes a tag further on (Markdown with an HTML example) is left as it is.
+_MARKUP_START = re.compile(
+    r"\s*(?:<!--.*?-->\s*)*<(?:!doctype\s+html|html|head|body|main|article|section|div|p|h[1-6]|table|ul|ol"
+    r"|span|a|b|i|em|strong|br|img|nav|header|footer|form|pre|blockquote|meta|link|title|style|script)\b",
+    re.IGNORECASE | re.DOTALL,
+)
+
+
+def is_html(text: str) -> bool:
+    """Whether `text` is HTML markup: it begins with an HTML tag (after whitespace and comments)."""
+    return _MARKUP_START.match(text[:65536]) is not None
+
+
+def document_text(content: str) -> str:
+    """An item's text as it is chunked and embedded: HTML's visible text, anything else as it is."""
+    return html_to_text(content) if is_html(content) else content
