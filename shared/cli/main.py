@@ -219,12 +219,14 @@ def build_parser() -> argparse.ArgumentParser:
     from shared.cli.dev import add_dev_commands
     from shared.cli.embeddings import add_embeddings_commands
     from shared.cli.estimate import add_estimate_command
+    from shared.cli.explain import add_explain_command
     from shared.cli.gcal import add_gcal_commands
     from shared.cli.usage import add_usage_commands
 
     add_dev_commands(commands)
     add_embeddings_commands(commands)
     add_estimate_command(commands)
+    add_explain_command(commands)
     add_gcal_commands(commands)
     add_usage_commands(commands)
     return parser

@@ -317,6 +317,10 @@ class SqlFunctionStore(GenerationCalls):
             return 0
         return int(self._value("record_usage", {"entries": [e.to_json() for e in entries]}) or 0)
 
+    def explain_item(self, item_id: uuid.UUID) -> dict[str, Any] | None:
+        facts = self._value("explain_knowledge_item", {"item": item_id}, idempotent=True)
+        return dict(facts) if facts else None
+
     def roll_up_usage(self) -> int:
         return int(self._value("roll_up_usage", {}) or 0)
 

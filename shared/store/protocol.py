@@ -178,6 +178,10 @@ class Store(Protocol):
         """Record usage that no stored work carries (an item that failed or was given back)."""
         ...
 
+    def explain_item(self, item_id: uuid.UUID) -> dict[str, Any] | None:
+        """Where an item is and the facts of why (`explain_knowledge_item`); None if unknown."""
+        ...
+
     def roll_up_usage(self) -> int:
         """Move ledger lines into the daily totals (one caller at a time); how many moved."""
         ...
