@@ -11,7 +11,7 @@ import os
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
@@ -121,14 +121,7 @@ class Settings(BaseModel):
     def _read_rate_limits(cls, value: object) -> object:
         if not isinstance(value, str):
             return value
-        try:
-            table = json.loads(value)
-        except ValueError:
-            raise ValueError(
-                'it must be JSON such as {"text-embedding-3-small": {"tpm": 1000000, "rpm": 3000}}'
-            ) from None
-        if not isinstance(table, dict):
-            raise ValueError("it must be a JSON object of models")
+        table = _models_json(value, '{"text-embedding-3-small": {"tpm": 1000000, "rpm": 3000}}')
         limits: dict[str, tuple[float, float, float]] = {}
         for model, limit in table.items():
             numbers = (
@@ -148,14 +141,7 @@ class Settings(BaseModel):
     def _read_prices(cls, value: object) -> object:
         if not isinstance(value, str):
             return value
-        try:
-            table = json.loads(value)
-        except ValueError:
-            raise ValueError(
-                'it must be JSON such as {"gpt-4o-mini": {"input": 0.15, "output": 0.6}}'
-            ) from None
-        if not isinstance(table, dict):
-            raise ValueError("it must be a JSON object of models")
+        table = _models_json(value, '{"gpt-4o-mini": {"input": 0.15, "output": 0.6}}')
         prices: dict[str, tuple[float, float]] = {}
         for model, price in table.items():
             if not isinstance(price, dict) or not isinstance(price.get("input"), int | float):
@@ -207,6 +193,17 @@ class Settings(BaseModel):
     @property
     def home_path(self) -> Path:
         return Path(self.home).expanduser().resolve()
+
+
+def _models_json(value: str, example: str) -> dict[str, Any]:
+    """A setting's JSON object of models (each model's value is checked by the caller)."""
+    try:
+        table = json.loads(value)
+    except ValueError:
+        raise ValueError(f"it must be JSON such as {example}") from None
+    if not isinstance(table, dict):
+        raise ValueError("it must be a JSON object of models")
+    return table
 
 
 def _server_key(value: str | None) -> str | None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import uuid
 from typing import Any
 
+from shared.cli.arguments import parse_uuid
 from shared.config import Settings
 from shared.local.database import open_store
 
@@ -111,17 +111,10 @@ def cmd_explain(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _parse_uuid(value: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a UUID") from None
-
-
 def add_explain_command(commands: Any) -> None:
     explain = commands.add_parser(
         "explain", help="where an item is and why (status, lease, back-off, budget, index)"
     )
-    explain.add_argument("item_id", type=_parse_uuid, metavar="ITEM_ID")
+    explain.add_argument("item_id", type=parse_uuid, metavar="ITEM_ID")
     explain.add_argument("--json", action="store_true", help="the facts as JSON, with the sentence as `why`")
     explain.set_defaults(run=cmd_explain)

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from shared.cli.arguments import parse_uuid
 from shared.config import Settings, get_settings
 from shared.errors import NexusError
 from shared.http.problems import ProblemError
@@ -37,13 +38,6 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     if not applied:
         print("database is up to date")
     return 0
-
-
-def _parse_uuid(value: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a UUID") from None
 
 
 def _print_skip(path: Path, reason: str) -> None:
@@ -101,6 +95,10 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     hour, chunks = status.get("processed_last_hour", 0), status.get("chunks", 0)
     waiting = status.get("chunks_awaiting_index", 0)
     print(f"processed in the last hour: {hour}; chunks: {chunks} ({waiting} awaiting the vector index)")
+    fresh = status.get("freshness") or {}
+    if fresh.get("done_in_window"):
+        p50, p95 = float(fresh["ingest_to_done_p50_seconds"]), float(fresh["ingest_to_done_p95_seconds"])
+        print(f"ingest to done, last hour: p50 {p50:.1f} s, p95 {p95:.1f} s")
     for provider in status.get("providers", []):
         why = "has no quota left (insufficient_quota)" if provider["state"] == "quota" else "is failing"
         print(
@@ -186,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ingest = commands.add_parser("ingest", help="ingest .txt, .md and .html files (folders too)")
     ingest.add_argument("paths", nargs="+", metavar="PATH")
-    ingest.add_argument("--client-id", required=True, type=_parse_uuid)
+    ingest.add_argument("--client-id", required=True, type=parse_uuid)
     ingest.add_argument("--source", help="source label for every file (default: the file's path)")
     ingest.add_argument("--create-client", action="store_true", help="create the client if it does not exist")
     ingest.set_defaults(run=cmd_ingest)
@@ -197,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     process = commands.add_parser("process", help="chunk, embed and summarise pending items")
     which = process.add_mutually_exclusive_group()
-    which.add_argument("--item", type=_parse_uuid, help="process this item only")
+    which.add_argument("--item", type=parse_uuid, help="process this item only")
     which.add_argument("--all", action="store_true", help="process everything claimable (the default)")
     process.set_defaults(run=cmd_process)
 
@@ -209,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="hybrid",
         help="hybrid: full-text and vector results fused by rank (default); text calls no API",
     )
-    search.add_argument("--client-id", type=_parse_uuid)
+    search.add_argument("--client-id", type=parse_uuid)
     search.add_argument("-k", type=int, default=5, help="how many results (default 5)")
     search.add_argument("--json", action="store_true", help="print a JSON array, best first")
     search.set_defaults(run=cmd_search)

@@ -4,28 +4,13 @@
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import uuid
 from decimal import Decimal
 from typing import Any
 
+from shared.cli.arguments import parse_day, parse_uuid
 from shared.config import Settings
 from shared.local.database import open_store
-
-
-def _parse_day(value: str) -> str:
-    try:
-        return dt.date.fromisoformat(value).isoformat()
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a day as YYYY-MM-DD") from None
-
-
-def _parse_uuid(value: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a UUID") from None
 
 
 def usage_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -120,18 +105,18 @@ def add_usage_commands(commands: Any) -> None:
     usage = commands.add_parser(
         "usage", help="tokens, requests and USD per client and model, from the ledger"
     )
-    usage.add_argument("--client-id", type=_parse_uuid, help="one client only")
-    usage.add_argument("--since", type=_parse_day, help="from this UTC day on (YYYY-MM-DD)")
+    usage.add_argument("--client-id", type=parse_uuid, help="one client only")
+    usage.add_argument("--since", type=parse_day, help="from this UTC day on (YYYY-MM-DD)")
     usage.add_argument("--json", action="store_true", help="print a JSON array of rows")
     usage.set_defaults(run=cmd_usage)
 
     budget = commands.add_parser("budget", help="monthly USD budgets per client")
     actions = budget.add_subparsers(dest="action", required=True, metavar="ACTION")
     set_ = actions.add_parser("set", help="set a client's monthly budget")
-    set_.add_argument("--client-id", required=True, type=_parse_uuid)
+    set_.add_argument("--client-id", required=True, type=parse_uuid)
     set_.add_argument("--monthly-usd", required=True, type=_parse_usd, metavar="USD")
     show = actions.add_parser("show", help="each budget, this month's spend, items waiting")
     show.add_argument("--json", action="store_true")
     clear = actions.add_parser("clear", help="remove a client's budget")
-    clear.add_argument("--client-id", required=True, type=_parse_uuid)
+    clear.add_argument("--client-id", required=True, type=parse_uuid)
     budget.set_defaults(run=cmd_budget)

@@ -60,6 +60,7 @@ class SqlFunctionStore(GenerationCalls):
         status = dict(self._value("knowledge_status", {}, idempotent=True) or {})
         status["budgets"] = self.client_budgets()
         status["rate_limits"] = self.provider_rate_status()
+        status["freshness"] = dict(self._value("knowledge_freshness", {}, idempotent=True) or {})
         return status
 
     def schema_facts(self) -> dict[str, Any]:

@@ -113,3 +113,30 @@ def test_an_unknown_item_is_one_sentence(explain: Any) -> None:
     assert code == 1 and out.strip() == f"nexus: no knowledge item {missing}."
     with pytest.raises(SystemExit):
         explain("not-a-uuid")
+
+
+def test_status_says_how_fresh_the_knowledge_is(
+    db: psycopg.Connection[Any],
+    db_store: PostgresStore,
+    db_client: uuid.UUID,
+    db_url: str,
+    capsys: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ids = insert_items(db, db_client, [f"Note {i} about valves." for i in range(4)])
+    # ingested 10, 20, 30 and 40 seconds before they are processed
+    for seconds, item in zip((10, 20, 30, 40), ids, strict=True):
+        db.execute(
+            "update knowledge_items set created_at = now() - make_interval(secs => %s) where id = %s",
+            (seconds, item),
+        )
+    Processor(db_store, LocalEmbedder(), LocalSummarizer()).process_ids(ids, 60.0)
+    fresh = db_store.status()["freshness"]
+    assert fresh["done_in_window"] == 4
+    assert 24 <= float(fresh["ingest_to_done_p50_seconds"]) <= 28  # 25 s, plus the processing itself
+    assert 38 <= float(fresh["ingest_to_done_p95_seconds"]) <= 42
+    monkeypatch.setenv("DATABASE_URL", db_url)
+    reset_settings()
+    capsys.readouterr()
+    assert main(["status"]) == 0
+    assert "ingest to done, last hour: p50 2" in capsys.readouterr().out

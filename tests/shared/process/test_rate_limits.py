@@ -151,3 +151,21 @@ def test_a_429_pauses_the_bucket_for_everyone(side: Any) -> None:
     taken, wait = side.take_provider_capacity("p", MODEL, 10, 1, limits)
     assert taken and 2.5 < wait <= 3.1
     assert side.provider_throttled("p", MODEL, None) == pytest.approx(0.64)
+
+
+def test_nexus_rate_limits_reads_models_and_refuses_nonsense_in_one_sentence() -> None:
+    from shared.config import load_settings
+    from shared.errors import ConfigError
+
+    settings = load_settings(
+        {"NEXUS_RATE_LIMITS": '{"text-embedding-3-small": {"tpm": 1000000, "rpm": 3000}}'}
+    )
+    assert settings.rate_limits == {"text-embedding-3-small": (1_000_000.0, 3000.0, 10.0)}
+    for bad, said in (
+        ("fast", "NEXUS_RATE_LIMITS is invalid: it must be JSON such as"),
+        ("[1]", "NEXUS_RATE_LIMITS is invalid: it must be a JSON object of models"),
+        ('{"m": {"tpm": 0, "rpm": 5}}', 'the limits of m need "tpm" and "rpm"'),
+        ('{"m": {"tpm": 10}}', 'the limits of m need "tpm" and "rpm"'),
+    ):
+        with pytest.raises(ConfigError, match=said):
+            load_settings({"NEXUS_RATE_LIMITS": bad})

@@ -53,6 +53,7 @@ RUNS = {
         "take_provider_capacity",
         "provider_throttled",
         "provider_rate_status",
+        "knowledge_freshness",
     },
     "nexus_search": {
         "match_knowledge_chunks",

@@ -227,6 +227,7 @@ def test_calls_go_over_http_as_service_role(
         ("knowledge_status", "service_role", 200),
         ("client_budget_status", "service_role", 200),
         ("provider_rate_status", "service_role", 200),
+        ("knowledge_freshness", "service_role", 200),
     ]
 
 
@@ -666,6 +667,7 @@ def test_each_kind_of_server_key_is_sent_as_supabase_expects(
         ("knowledge_status", "service_role", 200, frozenset(sent)),
         ("client_budget_status", "service_role", 200, frozenset(sent)),
         ("provider_rate_status", "service_role", 200, frozenset(sent)),
+        ("knowledge_freshness", "service_role", 200, frozenset(sent)),
     ]
 
 
