@@ -98,7 +98,14 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     fresh = status.get("freshness") or {}
     if fresh.get("done_in_window"):
         p50, p95 = float(fresh["ingest_to_done_p50_seconds"]), float(fresh["ingest_to_done_p95_seconds"])
-        print(f"ingest to done, last hour: p50 {p50:.1f} s, p95 {p95:.1f} s")
+        line = f"ingest to done, last hour: p50 {p50:.1f} s, p95 {p95:.1f} s"
+        if fresh.get("indexed_in_window"):
+            p50, p95 = (
+                float(fresh["ingest_to_indexed_p50_seconds"]),
+                float(fresh["ingest_to_indexed_p95_seconds"]),
+            )
+            line += f"; to the vector index: p50 {p50:.1f} s, p95 {p95:.1f} s"
+        print(line)
     for provider in status.get("providers", []):
         why = "has no quota left (insufficient_quota)" if provider["state"] == "quota" else "is failing"
         print(

@@ -135,8 +135,14 @@ def test_status_says_how_fresh_the_knowledge_is(
     assert fresh["done_in_window"] == 4
     assert 24 <= float(fresh["ingest_to_done_p50_seconds"]) <= 28  # 25 s, plus the processing itself
     assert 38 <= float(fresh["ingest_to_done_p95_seconds"]) <= 42
+    # their chunks joined the vector index after they were done (the trigger's stamps)
+    db_store.index_chunks(1000)
+    fresh = db_store.status()["freshness"]
+    assert fresh["indexed_in_window"] == 4
+    assert float(fresh["ingest_to_done_p50_seconds"]) <= float(fresh["ingest_to_indexed_p50_seconds"]) <= 30
     monkeypatch.setenv("DATABASE_URL", db_url)
     reset_settings()
     capsys.readouterr()
     assert main(["status"]) == 0
-    assert "ingest to done, last hour: p50 2" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "ingest to done, last hour: p50 2" in out and "; to the vector index: p50 2" in out

@@ -174,6 +174,9 @@ def test_while_512_is_active_new_items_store_their_vectors_there(
     assert (
         count(db, "select count(*) from chunk_vectors where not vector_indexed") == 0
     )  # moved into the graph
+    # freshness reads the active generation's table: every item done in the hour is in its index
+    fresh = db_store.status()["freshness"]
+    assert fresh["indexed_in_window"] == fresh["done_in_window"] == 4
     text = db.execute(
         "select content from knowledge_chunks where knowledge_item_id = %s limit 1", (new,)
     ).fetchone()
