@@ -15,7 +15,6 @@ Importing this module reads no setting and imports neither google-auth nor a dat
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -25,8 +24,6 @@ if TYPE_CHECKING:
     from shared.config import Settings
     from shared.gcal.refresh import RefreshOutcome, RefreshPolicy
     from shared.gcal.store import GoogleTokenStore
-
-METRICS_NAMESPACE = "NexusWorkers"
 
 
 @dataclass(frozen=True)
@@ -112,17 +109,15 @@ def _log(report: UpkeepReport) -> None:
 
 
 def _emit_metrics(report: UpkeepReport) -> None:
-    from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
+    from shared.runtime.metrics import emit_metrics
 
-    metrics = EphemeralMetrics(
-        namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE") or METRICS_NAMESPACE,
-        service=os.environ.get("POWERTOOLS_SERVICE_NAME") or "gcal_refresh",
-    )
     failed = report.count("error") + (1 if report.error is not None else 0)
     refreshed = sum(1 for outcome in report.outcomes if outcome.refreshed)
-    metrics.add_metric(
-        name="GoogleTokenReauthRequired", unit=MetricUnit.Count, value=report.count("reauth_required")
+    emit_metrics(
+        {
+            "GoogleTokenReauthRequired": report.count("reauth_required"),
+            "GoogleTokenRefreshFailed": failed,
+            "GoogleTokenRefreshed": refreshed,
+        },
+        "gcal_refresh",
     )
-    metrics.add_metric(name="GoogleTokenRefreshFailed", unit=MetricUnit.Count, value=failed)
-    metrics.add_metric(name="GoogleTokenRefreshed", unit=MetricUnit.Count, value=refreshed)
-    metrics.flush_metrics()

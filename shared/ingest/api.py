@@ -17,6 +17,7 @@ from shared.http.messages import HttpRequest, HttpResponse
 from shared.http.problems import ProblemError
 from shared.ingest.queue import ItemQueue, NoQueue, SqsQueue
 from shared.ingest.service import IngestResult, check_idempotency_key, ingest_items, parse_items
+from shared.runtime.metrics import emit_metrics
 from shared.store.backends import store_from_settings
 
 if TYPE_CHECKING:
@@ -72,6 +73,13 @@ class IngestEndpoint:
         payload = decode_json(request)
         key = check_idempotency_key(request.header("idempotency-key"))
         results, is_batch = self.ingest(payload, principal=principal, idempotency_key=key)
+        emit_metrics(
+            {
+                "ItemsIngested": sum(1 for r in results if not r.duplicate),
+                "DuplicateItems": sum(1 for r in results if r.duplicate),
+            },
+            "ingest",
+        )
         if is_batch:
             return HttpResponse.json(200, {"items": [r.as_dict() for r in results]})
         result = results[0]

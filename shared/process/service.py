@@ -21,6 +21,7 @@ from shared.process.pipeline import Processor, processor_from_settings
 from shared.process.report import ProcessingReport, new_worker_id
 from shared.runtime.context import invocation_id, remaining_time
 from shared.runtime.events import EventError, item_to_process, parse_json
+from shared.runtime.metrics import emit_metrics
 
 __all__ = ["ProcessService", "item_result"]
 
@@ -47,7 +48,9 @@ class ProcessService:
     def process_item(self, item_id: uuid.UUID, context: Any = None) -> ProcessingReport:
         """Process one item now (if it still needs it) within the invocation's time."""
         remaining = remaining_time(context)
-        return self._processor(context).process_ids([item_id], remaining)
+        report = self._processor(context).process_ids([item_id], remaining)
+        emit_run_metrics(report)
+        return report
 
     # -- the webhook (HTTP) ---------------------------------------------------------------------
 
@@ -108,6 +111,7 @@ class ProcessService:
             try:
                 remaining = remaining_time(context)
                 report = self._processor(context).process_ids(list(by_item), remaining)
+                emit_run_metrics(report)
                 failed_items = report.failed_ids
             except NexusError as exc:
                 get_logger().error("queue batch could not be processed", extra={"error": str(exc)})
@@ -117,8 +121,10 @@ class ProcessService:
 
     def handle_schedule(self, context: Any = None) -> dict[str, Any]:
         """The scheduled sweep: process whatever is claimable within the remaining time."""
-        report = self._processor(context).sweep(remaining_time(context), wait_for_probe=True)
+        processor = self._processor(context)
+        report = processor.sweep(remaining_time(context), wait_for_probe=True)
         get_logger().info("sweep finished", extra=report.as_dict())
+        emit_run_metrics(report, processor.store)
         return {"status": "ok", **report.as_dict()}
 
     def handle_message(self, body: Any, context: Any = None) -> dict[str, Any]:
@@ -131,6 +137,40 @@ class ProcessService:
             # Raising makes Pub/Sub redeliver with its own backoff.
             raise NexusError(f"Processing knowledge item {item_id} failed; it will be retried.")
         return {"status": _item_status(item_id, report), **report.as_dict()}
+
+
+def emit_run_metrics(report: ProcessingReport, store: Any = None) -> None:
+    """What a run did, as metrics; with `store` (the sweep, every few minutes), also the state of
+    the whole backlog the alarms watch: failed items, the oldest pending item's age, freshness."""
+    values: dict[str, float | tuple[float, str]] = {
+        "ItemsDone": report.done,
+        "ItemsFailed": report.failed,
+        "ItemsDeferred": report.deferred,
+        "ItemsReleased": report.released,
+        "ChunksStored": report.chunks,
+        "EmbeddedTokens": report.embedded_tokens,
+        "ProviderBackedOff": 1 if report.backed_off is not None else 0,
+    }
+    if store is not None:
+        try:
+            status = store.status()
+        except NexusError as exc:
+            get_logger().warning("backlog metrics not read", extra={"error": str(exc)})
+        else:
+            values["FailedItems"] = int((status.get("counts") or {}).get("failed", 0))
+            values["OldestPendingAgeSeconds"] = (
+                float(status.get("oldest_pending_age_seconds") or 0),
+                "Seconds",
+            )
+            fresh = status.get("freshness") or {}
+            if fresh.get("done_in_window"):
+                values["IngestToDoneP95Seconds"] = (float(fresh["ingest_to_done_p95_seconds"]), "Seconds")
+            if fresh.get("indexed_in_window"):
+                values["IngestToIndexedP95Seconds"] = (
+                    float(fresh["ingest_to_indexed_p95_seconds"]),
+                    "Seconds",
+                )
+    emit_metrics(values, "process")
 
 
 def _item_response(item_id: uuid.UUID, report: ProcessingReport) -> HttpResponse:

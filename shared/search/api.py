@@ -21,6 +21,7 @@ from shared.http.auth import Principal, authenticate
 from shared.http.bodies import decode_json, field_errors
 from shared.http.messages import HttpRequest, HttpResponse
 from shared.http.problems import FieldError, ProblemError
+from shared.runtime.metrics import emit_metrics
 from shared.store.backends import store_from_settings
 
 if TYPE_CHECKING:
@@ -110,6 +111,7 @@ class SearchEndpoint:
         # the query's embedding ends well inside the function's 30 s, however slow the provider
         with call_scope(time.monotonic() + EMBED_BUDGET_S, EMBED_ATTEMPTS):
             hits = search(store, settings, asked.query, asked.k, client_id, asked.mode)
+        emit_metrics({"Searches": 1, "SearchHits": len(hits)}, "search")
         return HttpResponse.json(200, {"hits": [hit.as_dict() for hit in hits]})
 
 

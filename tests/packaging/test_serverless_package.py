@@ -688,3 +688,30 @@ def test_sizes_are_recorded_and_bounded(build: Build) -> None:
         print(f"{name}: {measured['zip_bytes'] / MB:.1f} MB zipped, {unzipped_mb:.1f} MB unzipped")
         assert unzipped_mb <= MAX_UNZIPPED_MB[name], f"{name} grew to {unzipped_mb:.1f} MB unzipped"
         assert unzipped_mb <= LAMBDA_UNZIPPED_LIMIT_MB
+
+
+def test_alarms_page_the_topic_when_the_system_is_stuck(build: Build) -> None:
+    resources = build.template["Resources"]
+    alarms = {k: v["Properties"] for k, v in resources.items() if v["Type"] == "AWS::CloudWatch::Alarm"}
+    assert {(a["Namespace"], a["MetricName"]) for a in alarms.values()} == {
+        ("AWS/SQS", "ApproximateNumberOfMessagesVisible"),  # the dead-letter queue is not empty
+        ("NexusWorkers", "FailedItems"),
+        ("NexusWorkers", "OldestPendingAgeSeconds"),
+        ("NexusWorkers", "ProviderBackedOff"),
+        ("NexusWorkers", "GoogleTokenReauthRequired"),
+    }
+    (topic,) = [k for k, v in resources.items() if v["Type"] == "AWS::SNS::Topic"]
+    assert all(a["AlarmActions"] == [{"Ref": topic}] for a in alarms.values())
+    # each of ours watches a metric its function emits, under the service name that function has
+    services = {
+        props["Environment"]["Variables"]["POWERTOOLS_SERVICE_NAME"]
+        for props in (v["Properties"] for v in resources.values() if v["Type"] == "AWS::Lambda::Function")
+    }
+    code = "".join(path.read_text() for path in (ROOT / "shared").rglob("*.py"))
+    for alarm in alarms.values():
+        if alarm["Namespace"] == "NexusWorkers":
+            (dimension,) = alarm["Dimensions"]
+            assert dimension["Name"] == "service" and dimension["Value"] in services, alarm
+            assert f'"{alarm["MetricName"]}"' in code, alarm["MetricName"]
+    dlq = next(a for a in alarms.values() if a["Namespace"] == "AWS/SQS")
+    assert dlq["Dimensions"][0]["Value"] == {"Fn::GetAtt": ["ProcessDeadLetterQueue", "QueueName"]}
