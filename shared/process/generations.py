@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared.process.budgets import lease_s
-from shared.process.usage import usage_entries
+from shared.process.usage import ClaimUsage
 from shared.providers.embeddings import (
     MAX_INPUTS_PER_REQUEST,
     MAX_TOKENS_PER_REQUEST,
@@ -25,7 +25,7 @@ from shared.providers.embeddings import (
     embedder_for,
 )
 from shared.providers.prices import PriceTable
-from shared.providers.usage import UsageMeter, apportion, metered
+from shared.providers.usage import metered
 from shared.store import Store
 from shared.store.rows import Generation, GenerationChunk, UsageEntry
 
@@ -143,22 +143,13 @@ class GenerationFill:
         found.update(zip(missing, embedded, strict=True))
         report.embedded += len(missing)
         report.tokens += sum(counts)
-        by_item: dict[uuid.UUID, UsageMeter] = {}
-        for usage in meter.totals():
-            shares = zip(
-                missing,
-                apportion(usage.prompt_tokens, counts),
-                apportion(usage.requests, counts),
-                strict=True,
-            )
-            for digest, tokens, requests in shares:
-                item_meter = by_item.setdefault(texts[digest].knowledge_item_id, UsageMeter())
-                item_meter.add("embedding", usage.model, tokens, 0, requests)
-        paid = [
-            line
-            for item_id, item_meter in by_item.items()
-            for line in usage_entries(item_meter, self.prices, "generation", None, item_id)
-        ]
+        usage = ClaimUsage(self.prices, "generation")
+        usage.embedded(missing, counts, meter)
+        by_item: dict[uuid.UUID, list[str]] = {}
+        for chunk in chunks:
+            by_item.setdefault(chunk.knowledge_item_id, []).append(chunk.content_sha256)
+        lines = usage.by_item((item_id, None, hashes) for item_id, hashes in by_item.items())
+        paid = [line for item_lines in lines.values() for line in item_lines]
         return [found[c.content_sha256] for c in chunks], paid
 
     def _store(

@@ -66,8 +66,9 @@ class ClaimUsage:
     """The usage of one claim's embedding requests by input (chunk hash), and of each item's
     summaries. Thread-safe: requests finish on the feed's threads."""
 
-    def __init__(self, prices: PriceTable) -> None:
+    def __init__(self, prices: PriceTable, purpose: str = "item") -> None:
         self.prices = prices
+        self.purpose = purpose  # the ledger's purpose: item, or generation for a fill
         self._lock = threading.Lock()
         # chunk hash -> (model, tokens, requests) of the request that embedded it
         self._inputs: dict[str, tuple[str, int, int]] = {}
@@ -89,10 +90,11 @@ class ClaimUsage:
             self._summaries[item_id] = meter
 
     def by_item(
-        self, items: Iterable[tuple[uuid.UUID, uuid.UUID, Sequence[str]]]
+        self, items: Iterable[tuple[uuid.UUID, uuid.UUID | None, Sequence[str]]]
     ) -> dict[uuid.UUID, list[UsageEntry]]:
         """Each item's ledger lines, from (item id, client id, chunk hashes) in claim order: an
-        input embedded for several items is charged to the first."""
+        input embedded for several items is charged to the first. (A client id of None is the
+        item's, filled in by the database.)"""
         charged: set[str] = set()
         lines: dict[uuid.UUID, list[UsageEntry]] = {}
         with self._lock:
@@ -107,5 +109,5 @@ class ClaimUsage:
                         continue
                     charged.add(digest)
                     meter.add("embedding", paid[0], paid[1], 0, paid[2])
-                lines[item_id] = usage_entries(meter, self.prices, "item", client_id, item_id)
+                lines[item_id] = usage_entries(meter, self.prices, self.purpose, client_id, item_id)
         return lines
