@@ -284,3 +284,33 @@ def test_prices_come_from_the_table_and_nexus_prices() -> None:
         load_settings({"NEXUS_PRICES": '{"m": {"output": 2}}'})
     with pytest.raises(ConfigError, match="NEXUS_PRICES is invalid: it must be JSON"):
         load_settings({"NEXUS_PRICES": "cheap"})
+
+
+def test_a_generation_backfill_records_what_it_embedded_per_item(
+    db: psycopg.Connection[Any],
+    db_store: PostgresStore,
+    db_client: uuid.UUID,
+    server: OpenAIServer,
+    providers: tuple[OpenAIEmbedder, OpenAISummarizer],
+) -> None:
+    from shared.providers.summaries import LocalSummarizer
+
+    embedder, _ = providers
+    ids = insert_items(db, db_client, [document(random.Random(8), 4, 60, tag=f"fill{i}") for i in range(3)])
+    assert Processor(db_store, embedder, LocalSummarizer()).sweep(lambda: 600.0).done == 3
+    db_store.start_generation(EMBEDDING, 512)
+    before = server.stats.embedding_tokens
+    Processor(db_store, embedder, LocalSummarizer()).sweep(lambda: 600.0)
+    filled = server.stats.embedding_tokens - before
+    assert filled > 0
+    rows = db.execute(
+        "select knowledge_item_id, client_id, sum(prompt_tokens) as tokens, sum(requests) as requests "
+        "from usage_records where purpose = 'generation' group by 1, 2"
+    ).fetchall()
+    assert {r["knowledge_item_id"] for r in rows} == set(ids) and {r["client_id"] for r in rows} == {
+        db_client
+    }
+    assert sum(r["tokens"] for r in rows) == filled
+    assert sum(r["requests"] for r in rows) == sum(
+        1 for _, size, _ in server.stats.embedding_shapes if size == 512
+    )
