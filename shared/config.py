@@ -52,6 +52,8 @@ ENV_VARS: dict[str, str] = {
     "NEXUS_WRITE_CONNECTIONS": "write_connections",
     "NEXUS_PROVIDER_PROBE_SECONDS": "provider_probe_s",
     "NEXUS_MAX_ITEM_TOKENS": "max_item_tokens",
+    "NEXUS_MAX_FILE_BYTES": "max_file_bytes",
+    "NEXUS_PDF_PAGE_BATCH": "pdf_page_batch",
     "NEXUS_PRICES": "prices",
     "NEXUS_RATE_LIMITS": "rate_limits",
 }
@@ -107,6 +109,11 @@ class Settings(BaseModel):
     provider_probe_s: float = Field(default=120.0, ge=1, le=3600)
     # The largest item ingest accepts, in (estimated) cl100k tokens.
     max_item_tokens: int = Field(default=1_000_000, ge=1000)
+    # The largest file (PDF, DOCX…) ingest accepts, decoded; over HTTP the body limit comes first.
+    max_file_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
+    # A PDF's pages are extracted this many at a time, each batch kept as a checkpoint, so a long
+    # document goes on across invocations from where the last one stopped.
+    pdf_page_batch: int = Field(default=25, ge=1, le=10_000)
     # USD per million tokens, (input, output), by model, over the defaults in
     # shared.providers.prices: JSON such as {"my-model": {"input": 0.1, "output": 0.4}}.
     prices: dict[str, tuple[float, float]] = Field(default_factory=dict)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,9 +38,12 @@ def add_estimate_command(commands: Any) -> None:
 
 def estimate_files(store: Any, settings: Settings, paths: list[Path]) -> dict[str, Any]:
     """The figures `nexus estimate` prints (see the module docstring)."""
+    from shared.ingest.documents import FileRejected
     from shared.ingest.files import find_documents, read_document
     from shared.store.generations import generations_from_facts
     from shared.text.chunking import split_text
+    from shared.text.documents import DocumentError
+    from shared.text.extract import document_of
     from shared.text.hashing import sha256_hex
     from shared.text.tokenizer import count_tokens
 
@@ -47,10 +51,15 @@ def estimate_files(store: Any, settings: Settings, paths: list[Path]) -> dict[st
     tokens_by_hash: dict[str, int] = {}
     chunks_total = 0
     for path in find_documents(paths):
-        text = read_document(path)
+        try:  # the text and sections processing would chunk (a file's extracted text)
+            document = document_of(read_document(path))
+        except (FileRejected, DocumentError) as exc:
+            print(f"skipped {path}: {exc}", file=sys.stderr)
+            continue
+        text = document.text
         if not text.strip():
             continue
-        chunks = split_text(text, settings.chunk_tokens, settings.chunk_overlap)
+        chunks = split_text(text, settings.chunk_tokens, settings.chunk_overlap, document.boundaries())
         chunks_total += len(chunks)
         for chunk in chunks:
             tokens_by_hash.setdefault(sha256_hex(chunk.text), chunk.token_count)

@@ -46,6 +46,13 @@ def _print_skip(path: Path, reason: str) -> None:
 
 def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     store = open_store(settings)
+    try:
+        return _ingest(args, settings, store)
+    finally:
+        store.close()
+
+
+def _ingest(args: argparse.Namespace, settings: Settings, store: Any) -> int:
     if args.create_client:
         store.ensure_client(args.client_id)
     from shared.ingest.files import ingest_files
@@ -56,6 +63,7 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
         args.client_id,
         args.source,
         max_item_tokens=settings.max_item_tokens,
+        max_file_bytes=settings.max_file_bytes,
         on_skip=_print_skip,
     )
     for path, result in results:
@@ -139,6 +147,13 @@ def process_all(settings: Settings, store: Any, item_id: uuid.UUID | None = None
 
 def cmd_process(args: argparse.Namespace, settings: Settings) -> int:
     store = open_store(settings)
+    try:
+        return _process(args, settings, store)
+    finally:
+        store.close()
+
+
+def _process(args: argparse.Namespace, settings: Settings, store: Any) -> int:
     report = process_all(settings, store, args.item)
     summary = report.as_dict()
     print(
@@ -164,7 +179,11 @@ def cmd_process(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
     from shared.search.service import search
 
-    hits = search(open_store(settings), settings, args.query, args.k, args.client_id, args.mode)
+    store = open_store(settings)
+    try:
+        hits = search(store, settings, args.query, args.k, args.client_id, args.mode)
+    finally:
+        store.close()
     if args.json:
         print(json.dumps([hit.as_dict() for hit in hits], ensure_ascii=False, indent=2))
         return 0
@@ -173,7 +192,11 @@ def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
     for rank, hit in enumerate(hits, 1):
         snippet = " ".join(hit.content.split())[:160]
         similarity = "  -  " if hit.similarity is None else f"{hit.similarity:.3f}"
-        print(f"{rank:>2}. {similarity}  {hit.source}  [{hit.chunk_index}]\n    {snippet}")
+        where = " › ".join(hit.headings)
+        if hit.page is not None:
+            where = f"p. {hit.page}" + (f" · {where}" if where else "")
+        print(f"{rank:>2}. {similarity}  {hit.source}  [{hit.chunk_index}]" + (f"  {where}" if where else ""))
+        print(f"    {snippet}")
     return 0
 
 
@@ -189,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("migrate", help="apply the SQL migrations").set_defaults(run=cmd_migrate)
 
-    ingest = commands.add_parser("ingest", help="ingest .txt, .md and .html files (folders too)")
+    ingest = commands.add_parser("ingest", help="ingest .txt, .md, .html, .pdf and .docx files (folders too)")
     ingest.add_argument("paths", nargs="+", metavar="PATH")
     ingest.add_argument("--client-id", required=True, type=parse_uuid)
     ingest.add_argument("--source", help="source label for every file (default: the file's path)")

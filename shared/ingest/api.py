@@ -91,7 +91,7 @@ class IngestEndpoint:
         """Validate and store a decoded body (one item or `{"items": [...]}`); returns the results
         and whether it was a batch. Raises ProblemError (the status and fields) storing nothing."""
         settings, store, queue = self._wire()
-        items, is_batch = parse_items(payload)
+        items, is_batch = parse_items(payload, settings.max_file_bytes)
         results = ingest_items(
             items,
             store=store,

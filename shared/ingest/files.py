@@ -1,5 +1,7 @@
-"""Knowledge from local files (`nexus ingest`, `nexus demo`): .txt, .md and .html, each file an
-item whose `external_id` is its path, so ingesting a folder again stores only what changed."""
+"""Knowledge from local files (`nexus ingest`, `nexus demo`): .txt, .md, .html, .pdf and .docx,
+each file an item whose `external_id` is its path, so ingesting a folder again stores only what
+changed. HTML is kept as its visible text with its headings marked (`#`); a PDF or DOCX is checked
+and kept as the file (a data URL), its text extracted while processing."""
 
 from __future__ import annotations
 
@@ -9,20 +11,25 @@ import sys
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from shared.http.problems import ProblemError
+from shared.ingest.documents import FileRejected, decode_file
+from shared.ingest.items import MAX_BATCH_ITEMS, IngestItem
 from shared.ingest.queue import NoQueue
-from shared.ingest.service import MAX_BATCH_ITEMS, IngestItem, IngestResult, ingest_items
-from shared.text.html import html_to_text
+from shared.ingest.service import IngestResult, ingest_items
+from shared.text.documents import DOCX, PDF
+from shared.text.html import html_to_markdown_text
 
 if TYPE_CHECKING:
     from shared.store import Store
 
 __all__ = ["SUPPORTED_SUFFIXES", "find_documents", "ingest_files", "read_document"]
 
-SUPPORTED_SUFFIXES = (".txt", ".md", ".markdown", ".html", ".htm")
+SUPPORTED_SUFFIXES = (".txt", ".md", ".markdown", ".html", ".htm", ".pdf", ".docx")
+_FILE_TYPES = {".pdf": PDF, ".docx": DOCX}
 # Files are stored in batches (one transaction and round trip each) of up to MAX_BATCH_ITEMS
 # files and about this many characters, so a folder of large files is never all in memory.
 BATCH_CHARS = 8_000_000
@@ -33,13 +40,27 @@ MAX_READERS = 4
 READ_CHUNK_FILES = 8
 
 
-def read_document(path: Path) -> str:
-    """The text of a supported file; raises ValueError for other kinds."""
+def read_document(path: Path, max_file_bytes: int | None = None) -> str:
+    """The content a supported file is stored as; raises ValueError for other kinds, and
+    FileRejected (a ValueError: why, in one sentence) for a PDF or DOCX that cannot be read or
+    is over `max_file_bytes`."""
     suffix = path.suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES:
-        raise ValueError(f"{path} is not a .txt, .md or .html file.")
+        raise ValueError(f"{path} is not a .txt, .md, .html, .pdf or .docx file.")
+    if suffix in _FILE_TYPES:
+        if max_file_bytes is not None and path.stat().st_size > max_file_bytes:
+            raise FileRejected(f"over the {max_file_bytes}-byte limit (NEXUS_MAX_FILE_BYTES)")
+        return decode_file(_FILE_TYPES[suffix], path.read_bytes())[0]
     raw = path.read_text(encoding="utf-8", errors="replace")
-    return html_to_text(raw) if suffix in {".html", ".htm"} else raw
+    return html_to_markdown_text(raw) if suffix in {".html", ".htm"} else raw
+
+
+def _read_or_reason(path: Path, max_file_bytes: int | None = None) -> str | FileRejected:
+    """`read_document`, a rejected file's reason returned (it crosses a process pool)."""
+    try:
+        return read_document(path, max_file_bytes)
+    except FileRejected as rejected:
+        return rejected
 
 
 def find_documents(paths: list[Path]) -> list[Path]:
@@ -63,13 +84,14 @@ def ingest_files(
     base: Path | None = None,
     max_item_tokens: int | None = None,
     on_skip: Callable[[Path, str], None] | None = None,
+    max_file_bytes: int | None = None,
 ) -> list[tuple[Path, IngestResult]]:
     """Ingest files (folders expanded) for one client, in batches; each file's path (relative to
     `base` when under it) is its external_id, so re-ingesting an unchanged file is a duplicate and
     an edited one an update. A file with no text, or over `max_item_tokens`, is skipped and passed
     to `on_skip` with the reason."""
     results: list[tuple[Path, IngestResult]] = []
-    for batch in _batches(paths, client_id, source, base, on_skip):
+    for batch in _batches(paths, client_id, source, base, on_skip, max_file_bytes):
         results.extend(_store_batch(store, batch, max_item_tokens, on_skip))
     return results
 
@@ -80,12 +102,17 @@ def _batches(
     source: str | None,
     base: Path | None,
     on_skip: Callable[[Path, str], None] | None,
+    max_file_bytes: int | None = None,
 ) -> Iterator[list[tuple[Path, IngestItem]]]:
     """The files as items, in batches of up to MAX_BATCH_ITEMS files and about BATCH_CHARS."""
     batch: list[tuple[Path, IngestItem]] = []
     chars = 0
-    for found, text in _read_documents(find_documents(list(paths))):
+    for found, text in _read_documents(find_documents(list(paths)), max_file_bytes):
         path = found.relative_to(base) if base is not None and found.is_relative_to(base) else found
+        if isinstance(text, FileRejected):
+            if on_skip:
+                on_skip(path, str(text))
+            continue
         if not text.strip():
             if on_skip:
                 on_skip(path, "no text")
@@ -106,17 +133,20 @@ def _batches(
         yield batch
 
 
-def _read_documents(files: list[Path]) -> Iterator[tuple[Path, str]]:
+def _read_documents(
+    files: list[Path], max_file_bytes: int | None = None
+) -> Iterator[tuple[Path, str | FileRejected]]:
     """Each file with its text, in order. Turning HTML into text is CPU-bound pure Python (about
     3 ms a page here): a folder of many pages is read by a process per core, while this process
     stores what is read."""
     workers = min(os.cpu_count() or 1, MAX_READERS)
     # Forked readers start at once and need no importable __main__; fork is safe only on Linux.
     if workers < 2 or len(files) < PARALLEL_READ_MIN_FILES or sys.platform != "linux":
-        yield from ((found, read_document(found)) for found in files)
+        yield from ((found, _read_or_reason(found, max_file_bytes)) for found in files)
         return
+    read = partial(_read_or_reason, max_file_bytes=max_file_bytes)
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-        yield from zip(files, pool.map(read_document, files, chunksize=READ_CHUNK_FILES), strict=True)
+        yield from zip(files, pool.map(read, files, chunksize=READ_CHUNK_FILES), strict=True)
 
 
 def _store_batch(

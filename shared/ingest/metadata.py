@@ -61,8 +61,12 @@ def detect_content_type(text: str, source: str = "") -> str:
     return "text/plain"
 
 
-def extract_metadata(content: str, source: str) -> ContentMetadata:
+def extract_metadata(
+    content: str, source: str, content_type: str | None = None, token_estimate: int | None = None
+) -> ContentMetadata:
+    """The content's token estimate and type: as given (a file's, from `resolve_files`), else
+    worked out from the text."""
     return ContentMetadata(
-        token_estimate=estimate_tokens(content),
-        content_type=detect_content_type(content, source),
+        token_estimate=estimate_tokens(content) if token_estimate is None else token_estimate,
+        content_type=content_type or detect_content_type(content, source),
     )

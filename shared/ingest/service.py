@@ -5,94 +5,31 @@ The HTTP edge (`shared.ingest.api`) and the CLI (`nexus ingest`) both call `inge
 
 from __future__ import annotations
 
-import math
 import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ValidationError
 
 from shared.http.auth import Principal
 from shared.http.bodies import field_errors
 from shared.http.problems import FieldError, ProblemError
+from shared.ingest.items import IngestBatch, IngestItem
 from shared.ingest.metadata import extract_metadata
 from shared.ingest.queue import ItemQueue
 
 if TYPE_CHECKING:
     from shared.store import IngestOutcome, Store
 
-MAX_BATCH_ITEMS = 100
 MAX_IDEMPOTENCY_KEY_CHARS = 255
 
 
-def _check_storable(value: str) -> str:
-    """Postgres text and jsonb hold neither NUL nor lone surrogates: reject them up front."""
-    if "\x00" in value:
-        raise ValueError("must not contain NUL (\\u0000) characters")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("must be valid Unicode (no lone surrogates)") from None
-    return value
+def parse_items(payload: Any, max_file_bytes: int | None = None) -> tuple[list[IngestItem], bool]:
+    """Validate a decoded JSON body: one item, or `{"items": [...]}`. Returns (items, is_batch),
+    each item's `content` set: a file sent as `content_base64` is checked and turned into the
+    content it is stored as (`shared.ingest.documents`).
 
-
-def _check_json_value(value: Any, depth: int = 0) -> None:
-    if depth > 64:
-        raise ValueError("is nested too deeply (over 64 levels)")
-    if isinstance(value, str):
-        _check_storable(value)
-    elif isinstance(value, float) and not math.isfinite(value):
-        raise ValueError("must not contain NaN or Infinity")
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            _check_storable(key)
-            _check_json_value(item, depth + 1)
-    elif isinstance(value, list):
-        for item in value:
-            _check_json_value(item, depth + 1)
-
-
-class IngestItem(BaseModel):
-    """One knowledge item as a caller sends it. Unknown fields are ignored."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    client_id: uuid.UUID
-    source: str = Field(min_length=1, max_length=2048)
-    content: str
-    metadata: dict[str, Any] | None = None
-    external_id: str | None = Field(default=None, min_length=1, max_length=512)
-
-    @field_validator("source", "external_id")
-    @classmethod
-    def _storable(cls, value: str | None) -> str | None:
-        return None if value is None else _check_storable(value)
-
-    @field_validator("content")
-    @classmethod
-    def _content_not_empty(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("must not be empty")
-        return _check_storable(value)
-
-    @field_validator("metadata")
-    @classmethod
-    def _metadata_storable(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        if value is not None:
-            _check_json_value(value)
-        return value
-
-
-class IngestBatch(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    items: list[IngestItem] = Field(min_length=1, max_length=MAX_BATCH_ITEMS)
-
-
-def parse_items(payload: Any) -> tuple[list[IngestItem], bool]:
-    """Validate a decoded JSON body: one item, or `{"items": [...]}`. Returns (items, is_batch).
-
-    Raises a 422 ProblemError listing every bad field.
+    Raises a 422 ProblemError listing every bad field (413 for a file over `max_file_bytes`).
     """
     if not isinstance(payload, dict):
         raise ProblemError(
@@ -100,12 +37,30 @@ def parse_items(payload: Any) -> tuple[list[IngestItem], bool]:
         )
     try:
         if "items" in payload:
-            return IngestBatch.model_validate(payload).items, True
-        return [IngestItem.model_validate(payload)], False
+            items, is_batch = IngestBatch.model_validate(payload).items, True
+        else:
+            items, is_batch = [IngestItem.model_validate(payload)], False
     except ValidationError as exc:
         raise ProblemError(
             422, "Some fields are invalid; see errors.", errors=field_errors(exc), slug="invalid-fields"
         ) from None
+    if any(_carries_a_file(item) for item in items):
+        # imported only then: a text item's ingest (and the function's cold start) need none of it
+        from shared.ingest.documents import resolve_files
+
+        items = resolve_files(items, is_batch, max_file_bytes)
+    return items, is_batch
+
+
+def _carries_a_file(item: IngestItem) -> bool:
+    """Whether the item needs `resolve_files`: a file, a declared type, a data URL, or no content."""
+    content = item.content
+    return (
+        content is None
+        or item.content_base64 is not None
+        or item.content_type is not None
+        or content.startswith("data:")
+    )
 
 
 def check_idempotency_key(key: str | None) -> str | None:
@@ -136,11 +91,11 @@ class IngestResult:
 
 
 def _store_row(item: IngestItem, idempotency_key: str | None) -> dict[str, Any]:
-    extracted = extract_metadata(item.content, item.source)
+    extracted = extract_metadata(item.text, item.source, item.content_type, item._token_estimate)
     return {
         "client_id": str(item.client_id),
         "source": item.source,
-        "content": item.content,
+        "content": item.text,
         "metadata": item.metadata if item.metadata is not None else {},
         "external_id": item.external_id,
         "idempotency_key": idempotency_key,
@@ -244,6 +199,6 @@ def _log(items: list[IngestItem], results: list[IngestResult]) -> None:
                 "client_id": str(item.client_id),
                 "duplicate": result.duplicate,
                 "updated": result.updated,
-                "chars": len(item.content),
+                "chars": len(item.text),
             },
         )

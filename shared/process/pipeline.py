@@ -41,11 +41,12 @@ from shared.process.budgets import (
     probe_wait_s,
     waits_for_probe,
 )
+from shared.process.documents import DocumentReader
 from shared.process.generations import GenerationFill
 from shared.process.limits import FleetRateLimiter
 from shared.process.outcomes import ItemOutcomes
 from shared.process.report import ProcessingReport, new_worker_id
-from shared.process.stages import ClaimStages
+from shared.process.stages import ClaimStages, PreparedItem
 from shared.process.troubles import is_quota, summary_troubles
 from shared.process.usage import ClaimUsage, usd_per_token
 from shared.providers.deadlines import call_scope
@@ -86,14 +87,16 @@ class Processor(ClaimStages, ItemOutcomes):
         summary_concurrency: int = 8,
         probe_s: float = 120.0,
         item_chunk_min_s: float = ITEM_CHUNK_MIN_S,
-        chunker: Callable[[str, int, int], list[Chunk]] = split_text,
+        chunker: Callable[..., list[Chunk]] = split_text,
         sleep: Callable[[float], None] = time.sleep,
         worker: str | None = None,
         progress: Callable[[int], None] | None = None,
         prices: PriceTable | None = None,
         rate_limits: Mapping[str, tuple[float, float, float]] | None = None,
+        pdf_page_batch: int = 25,
     ) -> None:
         self.store = store
+        self.documents = DocumentReader(store, pdf_page_batch)
         self.prices = prices or PriceTable()
         self.embedder = embedder  # for the active generation once `check_settings` has read it
         self.settings_embedder = embedder
@@ -396,7 +399,10 @@ class Processor(ClaimStages, ItemOutcomes):
             for p in prepared
             if p.item.id in summaries
         ]
+        self._save_outlines([p for p in prepared if p.item.id in summaries])
         stored = self.store.complete_items(self.worker, completed)
+        if stored:
+            self._drop_pages([c.item for c in completed if c.item.id in stored])
         self._record_unstored_usage(
             [line for item_id, lines in paid.items() if item_id not in stored for line in lines]
         )
@@ -411,6 +417,23 @@ class Processor(ClaimStages, ItemOutcomes):
         if report.backed_off is None:
             self._fold_clients({c.item.client_id for c in completed if c.item.id in stored}, remaining_s)
         return report
+
+    def _save_outlines(self, prepared: list[PreparedItem]) -> None:
+        """Keep where each chunk sits (page, headings) for the items about to be stored. Written
+        before them: an outline is tied to the content it was made from, so one whose item is not
+        stored is never read. A failure only loses the locations, and is logged."""
+        outlines = [outline for p in prepared if (outline := p.outline()) is not None]
+        try:
+            self.store.save_outlines(outlines)
+        except NexusError as exc:
+            self.logger.warning("chunk locations not kept", extra={"error": str(exc)})
+
+    def _drop_pages(self, items: list[ClaimedItem]) -> None:
+        """Forget the pages kept while long PDFs were extracted, now that they are stored."""
+        try:
+            self.documents.finished(items)
+        except NexusError as exc:  # the rows cost only space; the item's next processing replaces them
+            self.logger.warning("extracted pages not dropped", extra={"error": str(exc)})
 
     def _roll_up_usage(self) -> None:
         """Fold the ledger's new lines into its daily totals (what budgets and reports read); a
@@ -446,5 +469,6 @@ def processor_from_settings(settings: Any, store: Store | None = None, **kwargs:
         probe_s=settings.provider_probe_s,
         prices=price_table(settings),
         rate_limits=settings.rate_limits,
+        pdf_page_batch=settings.pdf_page_batch,
         **kwargs,
     )

@@ -12,12 +12,19 @@ import math
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 from shared.errors import NexusError
-from shared.process.budgets import is_local, item_chunk_budget_s, summaries_deadline
+from shared.process.budgets import (
+    FINISH_RESERVE_S,
+    SWEEP_RESERVE_S,
+    is_local,
+    item_chunk_budget_s,
+    summaries_deadline,
+)
+from shared.process.documents import DocumentReader
 from shared.process.feed import EmbeddingFeed
 from shared.process.report import ProcessingReport
 from shared.process.summaries import StoredSummaryMemo
@@ -31,13 +38,16 @@ from shared.providers.usage import metered
 from shared.store import ChunkRecord, ClaimedItem, CompletedItem, Store, UsageEntry
 from shared.store.rows import Generation
 from shared.text.chunking import Chunk
+from shared.text.documents import Document, locate
 from shared.text.hashing import sha256_hex
-from shared.text.html import document_text
 
 __all__ = ["CHUNK_THREADS", "ClaimStages", "PreparedItem", "SummaryOutcome"]
 
 # The tokenizer releases the GIL, so a second thread chunks while the first waits on it.
 CHUNK_THREADS = 2
+# The part of an item's chunking time a long PDF's extraction may take before it keeps its pages
+# and gives the item back (`shared.process.documents`).
+EXTRACTION_SHARE = 0.6
 
 SummaryOutcome: TypeAlias = str | SummaryError | None  # the summary, what prevented it, or None: no time
 
@@ -50,7 +60,29 @@ class PreparedItem:
     chunks: list[Chunk]
     hashes: list[str]
     started: float
-    text: str  # what was chunked: the content, or an HTML item's visible text
+    document: Document  # what was chunked (an HTML item's visible text, a file's text) and its sections
+
+    @property
+    def text(self) -> str:
+        return self.document.text
+
+    def outline(self) -> dict[str, Any] | None:
+        """The item's outline as the store keeps it (None: no sections): the sections, and the
+        one each chunk starts in."""
+        document = self.document
+        if not document.sections:
+            return None
+        index = {id(section): i for i, section in enumerate(document.sections)}
+        found = locate(document.sections, [c.char_start for c in self.chunks])
+        return {
+            "knowledge_item_id": str(self.item.id),
+            "client_id": str(self.item.client_id),
+            "content_sha256": self.item.content_sha256,
+            "sections": document.outline(),
+            "chunk_sections": [-1 if s is None else index[id(s)] for s in found],
+            "pages": document.pages,
+            "pages_without_text": list(document.pages_without_text),
+        }
 
 
 class ClaimStages:
@@ -63,7 +95,8 @@ class ClaimStages:
     chunk_overlap: int
     summary_concurrency: int
     item_chunk_min_s: float
-    chunker: Callable[[str, int, int], list[Chunk]]
+    chunker: Callable[..., list[Chunk]]  # (text, max_tokens, overlap[, boundaries])
+    documents: DocumentReader
     active: Generation | None
     prices: PriceTable
 
@@ -107,32 +140,55 @@ class ClaimStages:
         at least ITEM_CHUNK_MIN_S) fails alone and is not waited for."""
         pool = ThreadPoolExecutor(CHUNK_THREADS)
         try:
-            futures = [pool.submit(self._chunk, item) for item in items]
             left_s = end - time.monotonic()
+            futures = [
+                pool.submit(self._chunk, item, self._extraction_deadline(item, left_s, claim_chars))
+                for item in items
+            ]
             for item, future in zip(items, futures, strict=True):
                 budget = item_chunk_budget_s(left_s, len(item.content), claim_chars, self.item_chunk_min_s)
-                try:
-                    yield item, future.result(timeout=None if budget == math.inf else budget)
-                except TimeoutError:
-                    future.cancel()
-                    yield (
-                        item,
-                        Trouble(
-                            NexusError(
-                                f"Chunking took longer than this item's share of the invocation "
-                                f"({budget:.0f} s for {len(item.content)} characters)."
-                            ),
-                            "item",
-                        ),
-                    )
+                yield item, self._chunked(future, budget, len(item.content))
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
 
-    def _chunk(self, item: ClaimedItem) -> PreparedItem:
+    @staticmethod
+    def _chunked(future: Future[PreparedItem], budget: float, chars: int) -> PreparedItem | Trouble:
+        """The item chunked, or its trouble: its file cannot be read (or a long PDF goes on at
+        the next claim), or chunking outlasted `budget` (not waited for)."""
+        try:
+            return future.result(timeout=None if budget == math.inf else budget)
+        except NexusError as exc:
+            return Trouble(exc, kind_of(exc))
+        except TimeoutError:
+            future.cancel()
+            return Trouble(
+                NexusError(
+                    f"Chunking took longer than this item's share of the invocation "
+                    f"({budget:.0f} s for {chars} characters)."
+                ),
+                "item",
+            )
+
+    def _extraction_deadline(self, item: ClaimedItem, left_s: float, claim_chars: int) -> float:
+        """When a long PDF's extraction stops and keeps its pages for the next claim: after most
+        of the item's share of the invocation (the rest is for chunking it), and while the
+        invocation still has the time to embed, summarise and store it."""
+        budget = item_chunk_budget_s(left_s, len(item.content), claim_chars, self.item_chunk_min_s)
+        if budget == math.inf:
+            return math.inf
+        now = time.monotonic()
+        return min(now + EXTRACTION_SHARE * budget, now + left_s - FINISH_RESERVE_S - SWEEP_RESERVE_S)
+
+    def _chunk(self, item: ClaimedItem, extraction_deadline: float = math.inf) -> PreparedItem:
         started = time.monotonic()
-        text = document_text(item.content)  # HTML never reaches the embedder with its tags
-        chunks = self.chunker(text, self.chunk_tokens, self.chunk_overlap)
-        return PreparedItem(item, chunks, [sha256_hex(c.text) for c in chunks], started, text)
+        # HTML never reaches the embedder with its tags; a file gives its text
+        document = self.documents.read(item, extraction_deadline)
+        boundaries = document.boundaries()
+        if boundaries:
+            chunks = self.chunker(document.text, self.chunk_tokens, self.chunk_overlap, boundaries)
+        else:
+            chunks = self.chunker(document.text, self.chunk_tokens, self.chunk_overlap)
+        return PreparedItem(item, chunks, [sha256_hex(c.text) for c in chunks], started, document)
 
     def _embeddings(
         self,

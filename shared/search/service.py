@@ -7,6 +7,7 @@ text alone calls no API. What embedding the query cost goes to the usage ledger 
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from typing import Any, Literal
 
 from shared.store import SearchHit, Store
@@ -32,11 +33,20 @@ def search(
     if mode not in SEARCH_MODES:
         raise ValueError(f"The search mode must be one of {', '.join(SEARCH_MODES)}, not {mode!r}.")
     if mode == "text":
-        return store.search_hybrid(query, None, k, client_id)
+        return located(store, store.search_hybrid(query, None, k, client_id))
     embedding = query_embedding(store, settings, query, client_id)
     if mode == "vector":
-        return store.search(embedding, k, client_id)
-    return store.search_hybrid(query, embedding, k, client_id)
+        return located(store, store.search(embedding, k, client_id))
+    return located(store, store.search_hybrid(query, embedding, k, client_id))
+
+
+def located(store: Store, hits: list[SearchHit]) -> list[SearchHit]:
+    """The hits with the page and heading path each chunk starts under, where known."""
+    places = store.chunk_locations([hit.id for hit in hits]) if hits else {}
+    return [
+        replace(hit, page=places[hit.id][0], headings=places[hit.id][1]) if hit.id in places else hit
+        for hit in hits
+    ]
 
 
 def query_embedding(store: Store, settings: Any, query: str, client_id: uuid.UUID | None) -> Any:

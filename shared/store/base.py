@@ -345,6 +345,40 @@ class SqlFunctionStore(GenerationCalls):
         rows = self._rows(function, {"max_clients": self._capped(max_clients)}, idempotent=True)
         return [uuid.UUID(str(row[function])) for row in rows]
 
+    # --- documents ---
+
+    def document_pages(self, item_id: uuid.UUID, sha: str) -> dict[int, str]:
+        rows = self._rows("document_pages", {"item_id": item_id, "sha": sha}, idempotent=True)
+        return {int(row["page"]): str(row["text"]) for row in rows}
+
+    def save_document_pages(self, item_id: uuid.UUID, sha: str, pages: dict[int, str]) -> int:
+        arguments = {"item_id": item_id, "sha": sha, "pages": list(pages), "texts": list(pages.values())}
+        return int(self._value("save_document_pages", arguments, idempotent=True) or 0)
+
+    def drop_document_pages(self, item_ids: list[uuid.UUID]) -> int:
+        if not item_ids:
+            return 0
+        return int(self._value("drop_document_pages", {"item_ids": item_ids}, idempotent=True) or 0)
+
+    def save_outlines(self, outlines: list[dict[str, Any]]) -> int:
+        if not outlines:
+            return 0
+        return int(self._value("save_item_outlines", {"outlines": outlines}, idempotent=True) or 0)
+
+    def chunk_locations(
+        self, chunk_ids: list[uuid.UUID]
+    ) -> dict[uuid.UUID, tuple[int | None, tuple[str, ...]]]:
+        if not chunk_ids:
+            return {}
+        rows = self._rows("chunk_locations", {"chunk_ids": chunk_ids}, idempotent=True)
+        return {
+            uuid.UUID(str(row["id"])): (
+                None if row["page"] is None else int(row["page"]),
+                tuple(row["headings"] or ()),
+            )
+            for row in rows
+        }
+
     # --- search ---
 
     def search(self, embedding: array[float], k: int, client_id: uuid.UUID | None) -> list[SearchHit]:

@@ -40,7 +40,7 @@ INDEX_SPLIT_MIN_ROWS = 32
 
 # Arguments whose SQL type psycopg cannot tell from the Python value (PostgREST reads it from the
 # function's signature): JSON documents, and arrays that may be empty or hold strings.
-_JSONB_ARGUMENTS = frozenset({"items", "chunks", "usage", "entries"})
+_JSONB_ARGUMENTS = frozenset({"items", "chunks", "usage", "entries", "outlines"})
 _CASTS = {
     "save_client_summary": {"folded_processed_at": "timestamptz[]"},
     "usage_report": {"since": "date", "client": "uuid"},
@@ -58,6 +58,7 @@ _CASTS = {
         "chunk_char_ends": "integer[]",
     },
     "claim_generation_chunks": {"only_items": "uuid[]"},
+    "save_document_pages": {"pages": "integer[]", "texts": "text[]"},
     "store_generation_vectors": {
         "item_ids": "uuid[]",
         "chunk_indexes": "integer[]",

@@ -262,6 +262,28 @@ class Store(Protocol):
 
     def release_generation_chunks(self, generation_id: int, worker: str) -> int: ...
 
+    def document_pages(self, item_id: uuid.UUID, sha: str) -> dict[int, str]:
+        """The pages of the item's content `sha` extracted so far (page number → text)."""
+        ...
+
+    def save_document_pages(self, item_id: uuid.UUID, sha: str, pages: dict[int, str]) -> int:
+        """Keep a batch of extracted pages (a checkpoint); pages of older content go."""
+        ...
+
+    def drop_document_pages(self, item_ids: list[uuid.UUID]) -> int:
+        """Forget the extracted pages of items that are done."""
+        ...
+
+    def save_outlines(self, outlines: list[dict[str, Any]]) -> int:
+        """Keep items' outlines: sections, and the section each chunk starts in."""
+        ...
+
+    def chunk_locations(
+        self, chunk_ids: list[uuid.UUID]
+    ) -> dict[uuid.UUID, tuple[int | None, tuple[str, ...]]]:
+        """Each chunk's page and heading path, for those whose item has an outline."""
+        ...
+
     def search(self, embedding: array[float], k: int, client_id: uuid.UUID | None) -> list[SearchHit]:
         """The `k` chunks nearest to `embedding` (cosine), optionally for one client."""
         ...

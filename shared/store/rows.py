@@ -215,6 +215,8 @@ class SearchHit:
     content: str
     source: str
     similarity: float | None  # the vector similarity (None: a search by text alone)
+    page: int | None = None  # where the chunk starts in its document, when the format has pages
+    headings: tuple[str, ...] = ()  # the heading path above the chunk, outermost first
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> SearchHit:
@@ -237,4 +239,6 @@ class SearchHit:
             "content": self.content,
             "source": self.source,
             "similarity": self.similarity,
+            "page": self.page,
+            "headings": list(self.headings),
         }

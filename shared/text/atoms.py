@@ -289,6 +289,19 @@ def _split(
     return _hard_split(source, start, end, budget, ids)
 
 
-def split_into_atoms(text: str, budget: int) -> list[Atom]:
-    """Pieces of `text` no larger than `budget`, split as coarsely as possible."""
-    return _level_atoms(Source(text), _pieces(text, 0, len(text), _PARAGRAPH_END), PARAGRAPH, budget, 0)
+def split_into_atoms(text: str, budget: int, boundaries: Sequence[tuple[int, int]] = ()) -> list[Atom]:
+    """Pieces of `text` no larger than `budget`, split as coarsely as possible. `boundaries`:
+    (offset, level) where a section starts (a heading, a page; levels above PARAGRAPH), sorted:
+    the text is cut there first, and the atom before each gets that level."""
+    source = Source(text)
+    atoms: list[Atom] = []
+    start = 0
+    for offset, level in [*boundaries, (len(text), PARAGRAPH)]:
+        if not start < offset <= len(text):
+            continue
+        section = _level_atoms(source, _pieces(text, start, offset, _PARAGRAPH_END), PARAGRAPH, budget, 0)
+        if offset < len(text):
+            section[-1].level = max(section[-1].level, level)
+        atoms.extend(section)
+        start = offset
+    return atoms

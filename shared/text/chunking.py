@@ -23,6 +23,7 @@ limit under 4) gets a chunk of its own, over the limit.
 from __future__ import annotations
 
 from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from shared.text.atoms import Atom, first_tokens, split_into_atoms
@@ -57,8 +58,12 @@ def chunk_text(text: str, max_tokens: int = 350, overlap_tokens: int = 0) -> lis
     return [chunk.text for chunk in split_text(text, max_tokens, overlap_tokens)]
 
 
-def split_text(text: str, max_tokens: int = 350, overlap_tokens: int = 0) -> list[Chunk]:
-    """Chunks of at most `max_tokens` tokens covering `text` in order.
+def split_text(
+    text: str, max_tokens: int = 350, overlap_tokens: int = 0, boundaries: Sequence[tuple[int, int]] = ()
+) -> list[Chunk]:
+    """Chunks of at most `max_tokens` tokens covering `text` in order. `boundaries`: (offset,
+    level) of section starts (`shared.text.documents`), sorted, where a cut is preferred to a
+    paragraph's when it leaves the chunk at least half full.
 
     Raises ValueError when `overlap_tokens` is not smaller than `max_tokens`.
     """
@@ -69,7 +74,7 @@ def split_text(text: str, max_tokens: int = 350, overlap_tokens: int = 0) -> lis
     if not text:
         return []
     budget = max_tokens - overlap_tokens
-    pieces = split_into_atoms(text, budget)
+    pieces = split_into_atoms(text, budget, boundaries)
     spans = _pack(text, pieces, budget)
     return _finish(text, spans, max_tokens, overlap_tokens)
 

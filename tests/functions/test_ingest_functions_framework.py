@@ -7,6 +7,7 @@ The same server is then checked against docs/openapi.yaml by schemathesis.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import signal
@@ -26,7 +27,9 @@ from hypothesis import HealthCheck, settings
 from schemathesis import Case
 from schemathesis.config import SchemathesisConfig
 
+from shared.text.documents import DOCX, PDF
 from tests.conftest import API_KEY, ROOT, count_items
+from tests.support.documents import docx_bytes, pdf_bytes
 
 MAX_BODY_BYTES = 4096
 STARTUP_TIMEOUT_S = 60.0
@@ -280,6 +283,14 @@ def test_client_mistakes_get_a_problem_and_store_nothing(
 
 # --- docs/openapi.yaml against the live server (schemathesis) ------------------------------------
 
+# A small readable file of each type, for schema-valid cases that carry one.
+_SAMPLE_FILES = {
+    PDF: pdf_bytes([[("h1", "Sample"), ("p", "A page of text.")]], bookmarks=False),
+    DOCX: docx_bytes([[("h1", "Sample"), ("p", "A paragraph.")]]),
+    "text/html": b"<p>Sample page</p>",
+    "text/markdown": b"# Sample\n\nText.",
+    "text/plain": b"Sample text.",
+}
 SCHEMATHESIS_CONFIG = SchemathesisConfig.from_dict(
     {
         "checks": {
@@ -309,6 +320,11 @@ def _write_for(case: Case, client_id: uuid.UUID) -> None:
     for entry in items:
         if isinstance(entry, dict) and "client_id" in entry:
             entry["client_id"] = str(client_id)
+        if isinstance(entry, dict) and "content_base64" in entry:
+            # nor "content_base64 holds a readable file of content_type"
+            entry["content_base64"] = base64.b64encode(
+                _SAMPLE_FILES[entry["content_type"].split(";")[0]]
+            ).decode()
     if case.headers and "Idempotency-Key" in case.headers:
         case.headers["Idempotency-Key"] = f"{case.headers['Idempotency-Key'][:200]}-{uuid.uuid4()}"
 

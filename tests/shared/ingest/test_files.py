@@ -56,7 +56,7 @@ def test_a_large_folder_is_stored_in_order_and_again_only_as_it_changed(
     ).fetchone()
     assert page is not None
     text = page["content"]
-    assert text.startswith("Page 7\n\nDer Zähler steht auf 7 & mehr.\n\n")
+    assert text.startswith("# Page 7\n\nDer Zähler steht auf 7 & mehr.\n\n")  # its h1, marked
     assert "keep   7\n" in text and text.endswith("一 7\n\n🙂") and "color" not in text
 
     (folder / "page-007.html").write_text(PAGE.format(n=700), encoding="utf-8")

@@ -54,8 +54,13 @@ RUNS = {
         "provider_throttled",
         "provider_rate_status",
         "knowledge_freshness",
+        "document_pages",
+        "save_document_pages",
+        "drop_document_pages",
+        "save_item_outlines",
     },
     "nexus_search": {
+        "chunk_locations",
         "match_knowledge_chunks",
         "match_knowledge_chunks_hybrid",
         "knowledge_schema",

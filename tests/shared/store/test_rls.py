@@ -25,9 +25,11 @@ CLIENT_TABLES = {  # table → the column naming the row's client
     "knowledge_items": "client_id",
     "knowledge_chunks": "client_id",
     "client_summaries": "client_id",
+    "knowledge_item_outlines": "client_id",
 }
-# Tables no API role may read at all: secrets, and vectors kept for items given back unfinished.
-SERVICE_TABLES = ["system_config", "chunk_embedding_cache"]
+# Tables no API role may read at all: secrets, vectors kept for items given back unfinished, and
+# the pages of long PDFs extracted so far.
+SERVICE_TABLES = ["system_config", "chunk_embedding_cache", "document_pages"]
 PUBLIC_TABLES = [*CLIENT_TABLES, *SERVICE_TABLES]
 DIMENSIONS = 1536
 
@@ -51,6 +53,7 @@ class Tenant:
             "knowledge_items": {self.item_id},
             "knowledge_chunks": {self.chunk_id},
             "client_summaries": {self.client_id},
+            "knowledge_item_outlines": {self.client_id},
         }[table]
 
 
@@ -68,6 +71,11 @@ def make_tenant(conn: psycopg.Connection[Any], axis: int) -> Tenant:
     )
     conn.execute(
         "insert into client_summaries (client_id, summary) values (%s, 'summary')", (tenant.client_id,)
+    )
+    conn.execute(
+        "insert into knowledge_item_outlines (knowledge_item_id, client_id, content_sha256, sections,"
+        " chunk_sections) select id, client_id, content_sha256, %s, '{0}' from knowledge_items where id = %s",
+        (json.dumps([[0, axis + 1, [f"Part {axis}"]]]), tenant.item_id),
     )
     return tenant
 
@@ -259,7 +267,8 @@ def test_api_roles_cannot_run_the_service_functions(
 
 def test_only_search_is_executable_by_the_api_roles(conn: psycopg.Connection[Any]) -> None:
     """Every function of ours in public, the write functions included, is closed to anon and
-    authenticated, except the two searches (`match_knowledge_chunks` and its hybrid), under RLS."""
+    authenticated, except the two searches (`match_knowledge_chunks` and its hybrid) and where
+    their hits sit in their documents (`chunk_locations`), under RLS."""
     rows = conn.execute(
         """select p.oid::regprocedure::text as function,
                   has_function_privilege('anon', p.oid, 'execute') as anon,
@@ -278,5 +287,20 @@ def test_only_search_is_executable_by_the_api_roles(conn: psycopg.Connection[Any
         "match_knowledge_chunks",
     } <= functions
     open_to_api = {r["function"].split("(")[0] for r in rows if r["authenticated"]}
-    assert open_to_api == {"match_knowledge_chunks", "match_knowledge_chunks_hybrid"}
+    assert open_to_api == {"match_knowledge_chunks", "match_knowledge_chunks_hybrid", "chunk_locations"}
     assert not {r["function"].split("(")[0] for r in rows if r["anon"]}
+
+
+def test_a_user_locates_only_its_own_clients_chunks(
+    conn: psycopg.Connection[Any], tenants: tuple[Tenant, Tenant]
+) -> None:
+    first, second = tenants
+    asked = [first.chunk_id, second.chunk_id]
+    with acting_as(conn, "authenticated", user_claims(first.client_id)) as user:
+        rows = user.execute("select * from chunk_locations(%s)", (asked,)).fetchall()
+    assert [(r["id"], r["page"], r["headings"]) for r in rows] == [(first.chunk_id, 1, ["Part 0"])]
+    with (
+        acting_as(conn, "anon", {"role": "anon"}) as anon,
+        pytest.raises(psycopg.errors.InsufficientPrivilege),
+    ):
+        anon.execute("select * from chunk_locations(%s)", (asked,))

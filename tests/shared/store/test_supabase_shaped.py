@@ -119,7 +119,7 @@ def test_the_api_roles_reach_only_what_the_contract_allows(cluster: SupabaseClus
         }
         assert runnable == {
             "anon": set(),
-            "authenticated": {"match_knowledge_chunks", "match_knowledge_chunks_hybrid"},
+            "authenticated": {"match_knowledge_chunks", "match_knowledge_chunks_hybrid", "chunk_locations"},
         }
         tables = conn.execute(
             "select c.relname, c.relrowsecurity "
