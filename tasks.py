@@ -2,7 +2,7 @@
 """The project's commands, needing nothing but python3: each one sets up `.venv` first.
 
 python3 tasks.py demo     ingest (and process) the sample documents on an embedded Postgres
-python3 tasks.py test     run the whole test suite
+python3 tasks.py test     run the whole test suite (installs chromium + chromium-driver when missing)
 python3 tasks.py check    ruff lint + format check, mypy on shared/, import contracts
 python3 tasks.py bench    run the benchmarks under bench/ (installs the `bench` extra too)
 python3 tasks.py package  build the Lambda zips with the Serverless Framework (osls), offline
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +24,8 @@ EXTRAS = ("all", "test")
 # Extras a command needs beyond EXTRAS, installed only when that command runs.
 COMMAND_EXTRAS = {"bench": ("bench",)}
 STAMP = VENV / ".nexus-installed"
+# The operator page's tests drive Debian's chromium through its chromedriver (tests/support/browser.py).
+BROWSER_PACKAGES = ("chromium", "chromium-driver")
 
 
 def _run(*args: str | Path, env: dict[str, str] | None = None) -> int:
@@ -53,6 +56,36 @@ def ensure_venv(extras: tuple[str, ...] = EXTRAS) -> None:
     STAMP.write_text(f"{pyproject_hash} {wanted}")
 
 
+def _browser_paths() -> list[Path]:
+    return [
+        Path(os.environ.get("NEXUS_CHROMIUM") or "/usr/bin/chromium"),
+        Path(os.environ.get("NEXUS_CHROMEDRIVER") or "/usr/bin/chromedriver"),
+    ]
+
+
+def ensure_browser() -> None:
+    """Install Debian's chromium and chromium-driver when either is missing (apt-get, as root or
+    through sudo; `apt-get update` first if the install fails). If that cannot be done, say so:
+    the browser tests then fail, naming what is missing."""
+    if all(path.exists() for path in _browser_paths()):
+        return
+    apt, sudo_path = shutil.which("apt-get"), shutil.which("sudo")
+    is_root = hasattr(os, "geteuid") and os.geteuid() == 0
+    sudo = [] if is_root else [sudo_path] if sudo_path else None
+    if apt is None or sudo is None:
+        print(
+            "tasks.py: chromium and chromium-driver are missing and cannot be installed here (no apt-get, "
+            "or not root and no sudo); install them, or set NEXUS_CHROMIUM and NEXUS_CHROMEDRIVER.",
+            file=sys.stderr,
+        )
+        return
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = [*sudo, apt, "install", "-y", *BROWSER_PACKAGES]
+    if subprocess.call(install, env=env) != 0:
+        subprocess.call([*sudo, apt, "update"], env=env)
+        subprocess.call(install, env=env)
+
+
 def main(argv: list[str]) -> int:
     command = argv[0] if argv else "help"
     rest = argv[1:]
@@ -65,6 +98,7 @@ def main(argv: list[str]) -> int:
     if command == "nexus":
         return _run(BIN / "nexus", *rest)
     if command == "test":
+        ensure_browser()
         return _run(BIN / "python", "-m", "pytest", *rest)
     if command == "check":
         lint = _run(BIN / "ruff", "check", ".") or _run(BIN / "ruff", "format", "--check", ".")

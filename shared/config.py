@@ -56,6 +56,7 @@ ENV_VARS: dict[str, str] = {
     "NEXUS_PDF_PAGE_BATCH": "pdf_page_batch",
     "NEXUS_PRICES": "prices",
     "NEXUS_RATE_LIMITS": "rate_limits",
+    "NEXUS_DASHBOARD_TOKEN": "dashboard_token",
 }
 _FIELD_TO_ENV = {field: env for env, field in ENV_VARS.items()}
 
@@ -122,6 +123,8 @@ class Settings(BaseModel):
     # {"text-embedding-3-small": {"tpm": 1000000, "rpm": 3000, "burst_s": 10}} (burst_s: how many
     # seconds of the limits may go out at once, default 10). Models not listed are not limited.
     rate_limits: dict[str, tuple[float, float, float]] = Field(default_factory=dict)
+    # What `nexus dashboard` asks of every request (required when it listens beyond loopback).
+    dashboard_token: str | None = Field(default=None, repr=False)
 
     @field_validator("rate_limits", mode="before")
     @classmethod
@@ -253,7 +256,7 @@ def load_settings(environ: Mapping[str, str] | None = None, directory: Path | No
         field = str(error["loc"][0]) if error["loc"] else ""
         variable = _FIELD_TO_ENV.get(field, field)
         shown = raw.get(field)
-        secret = variable.endswith(("KEY", "KEYS", "SECRET"))
+        secret = variable.endswith(("KEY", "KEYS", "SECRET", "TOKEN"))
         got = "" if shown is None or secret else f" (got {shown!r})"
         message = str(error["msg"]).removeprefix("Value error, ")
         raise ConfigError(f"{variable} is invalid: {message}{got}.") from None

@@ -14,7 +14,8 @@ from shared.config import Settings
 from shared.local.options import DEFAULT_PORT, DEFAULT_REFRESH_INTERVAL_S, DEFAULT_SWEEP_INTERVAL_S
 from shared.runtime.functions import FUNCTIONS
 
-LAST_OFFSET = len(FUNCTIONS) - 1  # `nexus dev --port N` serves on N .. N + LAST_OFFSET
+LAST_OFFSET = len(FUNCTIONS) - 1  # `nexus dev --port N` serves functions on N .. N + LAST_OFFSET
+PAGE_OFFSET = len(FUNCTIONS)  # and the operator page on N + PAGE_OFFSET
 
 
 def _uuid(value: str) -> uuid.UUID:
@@ -58,10 +59,12 @@ def add_dev_commands(commands: Any) -> None:
     """Register `nexus dev` and `nexus replay` on the CLI's subparsers."""
     dev = commands.add_parser(
         "dev",
-        help=f"run the whole stack locally: functions on N..N+{LAST_OFFSET}, webhook bridge, schedules",
-        description="Serve ingest (port N), the process webhook (N+1) and gcal_refresh (N+2) through "
-        "functions-framework on 127.0.0.1, with a LISTEN/NOTIFY database-webhook bridge and the "
-        "sweep and token-refresh schedules. Ctrl-C stops everything.",
+        help=f"run the whole stack locally: functions on N..N+{LAST_OFFSET}, the operator page on "
+        f"N+{PAGE_OFFSET}, webhook bridge, schedules",
+        description="Serve ingest (port N), the process webhook (N+1), gcal_refresh (N+2) and search "
+        "(N+3) through functions-framework on 127.0.0.1, the operator page (nexus dashboard) on "
+        f"N+{PAGE_OFFSET}, with a LISTEN/NOTIFY database-webhook bridge and the sweep and token-refresh "
+        "schedules. Ctrl-C stops everything.",
     )
     dev.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"first port (default {DEFAULT_PORT})")
     dev.add_argument(

@@ -55,7 +55,8 @@ def why(facts: dict[str, Any], max_attempts: int) -> str:
     if status == "failed" and attempts >= max_attempts:
         return (
             f"Failed for good after {attempts} attempts: {facts.get('last_error')} "
-            'Fix the cause, then requeue it (docs/operations.md, "Requeue failed items").'
+            "Fix the cause, then requeue it: its Requeue button in nexus dashboard, or "
+            '"Requeue failed items" in docs/operations.md.'
         )
     if budget.get("over_budget"):
         return (

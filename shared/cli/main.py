@@ -89,7 +89,9 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         store.close()
     if args.json:
-        print(json.dumps(status, default=str, indent=2))
+        from shared.local.overview import status_json  # the operator page's /api/status prints it too
+
+        print(status_json(status))
         return 0
     counts = status.get("counts", {})
     for name in ("pending", "processing", "done", "failed"):
@@ -244,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("demo", help="run the whole job on the sample documents").set_defaults(run=cmd_demo)
 
+    from shared.cli.dashboard import add_dashboard_command
     from shared.cli.dev import add_dev_commands
     from shared.cli.embeddings import add_embeddings_commands
     from shared.cli.estimate import add_estimate_command
@@ -251,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     from shared.cli.gcal import add_gcal_commands
     from shared.cli.usage import add_usage_commands
 
+    add_dashboard_command(commands)
     add_dev_commands(commands)
     add_embeddings_commands(commands)
     add_estimate_command(commands)

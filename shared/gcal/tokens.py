@@ -259,11 +259,16 @@ def _read_authorized_user(path: Path) -> dict[str, Any]:
 
 
 def token_states(
-    *, settings: Settings | None = None, store: GoogleTokenStore | None = None
+    *, settings: Settings | None = None, store: GoogleTokenStore | None = None, require_key: bool = True
 ) -> list[TokenState]:
-    """The readable fields of every stored token, and which configured key opens each."""
+    """The readable fields of every stored token, and which configured key opens each.
+
+    With `require_key=False` and NEXUS_TOKEN_ENCRYPTION_KEY unset, the states come with key
+    `unchecked` instead of a ConfigError (the readable fields need no key).
+    """
     settings = settings or get_settings()
-    cipher = TokenCipher.from_setting(settings.token_encryption_key)
+    has_key = bool(settings.token_encryption_key)
+    cipher = TokenCipher.from_setting(settings.token_encryption_key) if has_key or require_key else None
     with opened_store(store, settings) as opened:
         rows = opened.list()
     if not rows:

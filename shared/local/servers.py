@@ -2,8 +2,9 @@
 
 Which functions, from which source and with which target comes from `shared.runtime.functions`:
 function i of `FUNCTIONS` serves its `dev_target` on 127.0.0.1, port N + i (N the `--port`), so
-ingest is on N, process on N + 1, gcal_refresh on N + 2 and search on N + 3. `nexus replay
---port N` reaches the same servers through `port_of` and `post_local`.
+ingest is on N, process on N + 1, gcal_refresh on N + 2 and search on N + 3; the operator page
+(`shared.local.dashboard`) comes next, on N + 4. `nexus replay --port N` reaches the same servers
+through `port_of` and `post_local`.
 
 Each server runs in its own process group, so Ctrl-C reaches `nexus dev` only and stopping ends
 the server's workers too.
@@ -33,6 +34,7 @@ __all__ = [
     "HOST",
     "ROOT",
     "FunctionServer",
+    "dashboard_port",
     "local_url",
     "port_of",
     "ports_used",
@@ -65,9 +67,16 @@ def local_url(name: str, base_port: int) -> str:
     return f"http://{HOST}:{port_of(name, base_port)}{function_named(name).http_path}"
 
 
+def dashboard_port(base_port: int) -> int:
+    """The port `nexus dev --port base_port` serves the operator page on: the one after the
+    functions' ports."""
+    return base_port + len(FUNCTIONS)
+
+
 def ports_used(base_port: int) -> list[int]:
-    """Every port `nexus dev --port base_port` serves on, in the order of FUNCTIONS."""
-    return [port_of(function.name, base_port) for function in FUNCTIONS]
+    """Every port `nexus dev --port base_port` serves on: the functions' in the order of FUNCTIONS,
+    then the operator page's."""
+    return [*(port_of(function.name, base_port) for function in FUNCTIONS), dashboard_port(base_port)]
 
 
 def post_local(
@@ -182,7 +191,7 @@ def _port_answers(port: int) -> bool:
 
 def require_free_ports(ports: Sequence[int]) -> None:
     """Raise DevError naming the first port something else already listens on."""
-    last = len(FUNCTIONS) - 1  # `--port N` takes N .. N + last
+    last = dashboard_port(0)  # `--port N` takes N .. N + last
     for port in ports:
         if not 0 < port < 65536:
             raise DevError(f"Port {port} is out of range; pass --port N with N + {last} below 65536.")

@@ -8,30 +8,33 @@ what runs where, and stops them in reverse:
 - `bridge`: the database webhook (LISTEN/NOTIFY in place of pg_net) to the process function;
 - `servers`: functions-framework serving each function of `shared.runtime.functions.FUNCTIONS`
   on its own port, from N = `--port` (default 8080) up;
-- `jobs`: the sweep and the token upkeep, on their schedules.
+- `jobs`: the sweep and the token upkeep, on their schedules;
+- `dashboard`: the operator page, on the port after the functions' (N + 4), served from a thread.
 
-**Stop** (Ctrl-C or SIGTERM): stop the schedules and the bridge, terminate the servers' process
-groups, drop the trigger, and stop the embedded Postgres unless another live process still uses
-it (stale handles of crashed commands are ignored, so an orphaned server is stopped too).
+**Stop** (Ctrl-C or SIGTERM): stop the schedules, the operator page and the bridge, terminate the
+servers' process groups, drop the trigger, and stop the embedded Postgres unless another live
+process still uses it (stale handles of crashed commands are ignored, so an orphaned server is
+stopped too).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import IO
 
 from shared.config import Settings
 from shared.local.bridge import WebhookBridge, WebhookSender
+from shared.local.dashboard import DashboardServer, start_dashboard
 from shared.local.environment import DevError, LocalEnvironment, local_environment
 from shared.local.jobs import PeriodicJob, Sweeper, token_refresher
 from shared.local.options import DevOptions
 from shared.local.servers import (
+    HOST,
     FunctionServer,
+    dashboard_port,
     local_url,
     ports_used,
     require_free_ports,
@@ -40,6 +43,7 @@ from shared.local.servers import (
     stop_function_servers,
     wait_until_serving,
 )
+from shared.local.signals import stop_on_signals
 from shared.runtime.functions import FUNCTIONS
 
 __all__ = ["DevStack", "Output", "endpoint_lines", "run_dev"]
@@ -86,20 +90,6 @@ def _display_dsn(url: str) -> str:
     return make_conninfo("", **{**params, "password": "***"})
 
 
-@contextlib.contextmanager
-def _stop_on_signals(stopping: threading.Event) -> Iterator[None]:
-    """SIGINT and SIGTERM set `stopping` instead of interrupting (main thread only)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {sig: signal.signal(sig, lambda *_: stopping.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
 class DevStack:
     """Everything `nexus dev` runs, started in order and stopped in reverse."""
 
@@ -115,6 +105,7 @@ class DevStack:
         self.out = out
         self.stopping = stopping or threading.Event()
         self.servers: list[FunctionServer] = []
+        self.dashboard: DashboardServer | None = None
         self.jobs: list[PeriodicJob] = []
         self.sweeper = Sweeper(env.settings, options.sweep_interval_s, out)
         self.bridge = WebhookBridge(
@@ -142,12 +133,32 @@ class DevStack:
             return
         self.servers = start_function_servers(self.env.function_environment(), self.options.port, self.out)
         wait_until_serving(self.servers, self.stopping)
+        self.dashboard = self._start_dashboard()
         self.jobs.append(PeriodicJob("sweep", self.options.sweep_interval_s, self.sweeper, self.out))
         if self.refreshes_tokens:
             refresh = token_refresher(local_url(REFRESH_TARGET, self.options.port), self.out)
             self.jobs.append(PeriodicJob("token refresh", self.options.refresh_interval_s, refresh, self.out))
         for job in self.jobs:
             job.start()
+
+    def _start_dashboard(self) -> DashboardServer:
+        """The operator page over the stack's database, in this process."""
+        from shared.gcal.store import default_token_store
+        from shared.store.backends import store_from_settings
+
+        settings = self.env.settings
+        store = store_from_settings(settings, application_name="nexus-dashboard")
+        try:
+            token_store = default_token_store(settings)
+        except BaseException:
+            store.close()
+            raise
+        port = dashboard_port(self.options.port)
+        return start_dashboard(settings, HOST, port, store=store, token_store=token_store, report=self.out)
+
+    def _stop_dashboard(self) -> None:
+        if self.dashboard is not None:
+            self.dashboard.stop()
 
     def supervise(self) -> int:
         """Wait for a stop signal (0) or a server that died (1)."""
@@ -165,6 +176,7 @@ class DevStack:
         for job in self.jobs:
             job.stop()
         steps: list[tuple[str, Callable[[], None]]] = [
+            ("operator page", self._stop_dashboard),
             ("servers", lambda: stop_function_servers(self.servers)),
             ("bridge", self.bridge.stop),
             ("schedules", self._join_jobs),
@@ -197,10 +209,13 @@ class DevStack:
         example = json.dumps(
             {"client_id": str(creds.client_id), "source": "hello.md", "content": "Hello, Nexus"}
         )
+        page = self.dashboard.url if self.dashboard else f"http://{HOST}:{dashboard_port(o.port)}/"
+        guard = "; every request needs NEXUS_DASHBOARD_TOKEN" if env.settings.dashboard_token else ""
         return "\n".join(
             [
                 "nexus dev is running (Ctrl-C stops it)",
                 *endpoint_lines(o.port, notes),
+                f"  {'dashboard':<16}GET  {page}  (the operator page{guard})",
                 f"  database        {database}{where}",
                 f"  providers       {providers}",
                 f"  sweep           every {o.sweep_interval_s:g} s, in this process",
@@ -228,7 +243,7 @@ def run_dev(settings: Settings, options: DevOptions, out: Callable[[str], None] 
             raise DevError(f"{source} is missing; run nexus dev from a checkout of the repository.")
     require_free_ports(ports_used(options.port))
     stopping = threading.Event()
-    with _stop_on_signals(stopping):
+    with stop_on_signals(stopping):
         env = local_environment(settings, migrate=True)
         try:
             stack = DevStack(env, options, write, stopping)

@@ -322,6 +322,24 @@ class SqlFunctionStore(GenerationCalls):
         facts = self._value("explain_knowledge_item", {"item": item_id}, idempotent=True)
         return dict(facts) if facts else None
 
+    # --- the operator page ---
+
+    def throughput(self, hours: int = 24) -> list[dict[str, Any]]:
+        answer = self._value("knowledge_throughput", {"window_hours": hours}, idempotent=True)
+        return [dict(row) for row in answer or []]
+
+    def failed_items(self, max_items: int = 50) -> list[dict[str, Any]]:
+        answer = self._value("failed_knowledge_items", {"max_items": max_items}, idempotent=True)
+        return [dict(row) for row in answer or []]
+
+    def client_overview(self, since: str | None = None, max_clients: int = 50) -> list[dict[str, Any]]:
+        arguments = {"since": since, "max_clients": max_clients}
+        return [dict(row) for row in self._value("client_overview", arguments, idempotent=True) or []]
+
+    def requeue_failed(self, item_id: uuid.UUID | None = None) -> int:
+        arguments = {"item": item_id, "all_failed": item_id is None}
+        return int(self._value("requeue_failed_items", arguments) or 0)
+
     def roll_up_usage(self) -> int:
         return int(self._value("roll_up_usage", {}) or 0)
 

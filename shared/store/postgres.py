@@ -44,6 +44,8 @@ _JSONB_ARGUMENTS = frozenset({"items", "chunks", "usage", "entries", "outlines"}
 _CASTS = {
     "save_client_summary": {"folded_processed_at": "timestamptz[]"},
     "usage_report": {"since": "date", "client": "uuid"},
+    "requeue_failed_items": {"item": "uuid"},
+    "client_overview": {"since": "date"},
     "set_client_budget": {"monthly_usd": "numeric"},
     "keep_unchanged_chunks": {
         "item_ids": "uuid[]",

@@ -182,6 +182,28 @@ class Store(Protocol):
         """Where an item is and the facts of why (`explain_knowledge_item`); None if unknown."""
         ...
 
+    def throughput(self, hours: int = 24) -> list[dict[str, Any]]:
+        """Items done per hour over the last `hours` hours, oldest first, empty hours included:
+        `hour`, `done`, `chunks`, `tokens` (`knowledge_throughput`)."""
+        ...
+
+    def failed_items(self, max_items: int = 50) -> list[dict[str, Any]]:
+        """The failed items, last failed first: `id`, `client_id`, `source`, `attempts`,
+        `client_name`, `last_error`, `created_at`, `updated_at`, `next_attempt_at`
+        (`failed_knowledge_items`)."""
+        ...
+
+    def client_overview(self, since: str | None = None, max_clients: int = 50) -> list[dict[str, Any]]:
+        """Per client, the `max_clients` that spent most since a UTC day (`YYYY-MM-DD`) first:
+        `client_id`, `name`, items per status (`pending`, `processing`, `done`, `failed`) and the
+        ledger's `requests`, `tokens`, `usd` (priced tokens), `unpriced_tokens`."""
+        ...
+
+    def requeue_failed(self, item_id: uuid.UUID | None = None) -> int:
+        """Put a failed item (None: every failed item) back as `pending` with no attempt counted;
+        items in other states are left alone. Returns how many were requeued."""
+        ...
+
     def roll_up_usage(self) -> int:
         """Move ledger lines into the daily totals (one caller at a time); how many moved."""
         ...

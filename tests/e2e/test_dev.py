@@ -2,7 +2,8 @@
 
 - The whole stack in a subprocess with its own NEXUS_HOME (so its own embedded Postgres): a POST to
   ingest, over real HTTP with the printed dev API key, ends in processed chunks through the
-  LISTEN/NOTIFY bridge alone; SIGTERM then stops it with exit 0, no child left, no postgres left.
+  LISTEN/NOTIFY bridge alone; the operator page, on the port after the functions', counts it;
+  SIGTERM then stops it with exit 0, no child left, no postgres left.
 - The bridge in-process on an isolated database: it delivers Supabase's exact webhook body (also
   for rows too big for NOTIFY), retries an unavailable webhook, ignores non-content updates.
 """
@@ -49,8 +50,9 @@ STOP_TIMEOUT_S = 30.0
 # -- the whole stack, as a subprocess --------------------------------------------------------------
 
 
-def _free_port_block(count: int = len(FUNCTIONS)) -> int:
-    """A base port with `count` consecutive free ports after it."""
+def _free_port_block(count: int = len(FUNCTIONS) + 1) -> int:
+    """A base port with `count` consecutive free ports after it (the functions', then the
+    operator page's)."""
     for _ in range(50):
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
@@ -209,6 +211,8 @@ def test_ingest_ends_in_chunks_through_the_bridge_and_sigterm_stops_everything(
     key = process.wait_for(r"^\s+API key\s+(\S+)$", START_TIMEOUT_S)[1]
     client_id = process.wait_for(r"^\s+dev client\s+(\S+)$", 1)[1]
     dsn = process.wait_for(r"^\s+database\s+(\S+)", 1)[1]
+    page = process.wait_for(r"^\s+dashboard\s+GET\s+(http://127\.0\.0\.1:(\d+)/)", 1)
+    assert int(page[2]) == port + len(FUNCTIONS)  # the operator page, next to the functions
     process.wait_for(r"^sweep: nothing was pending$", START_TIMEOUT_S)  # the start-up sweep is over
     children = psutil.Process(process.proc.pid).children(recursive=True)
     assert len(children) >= len(FUNCTIONS)  # a functions-framework per function (plus gunicorn workers)
@@ -227,6 +231,10 @@ def test_ingest_ends_in_chunks_through_the_bridge_and_sigterm_stops_everything(
     # processed by the webhook the bridge delivered (the sweep runs only hourly here)
     process.wait_for(rf"^webhook INSERT knowledge_items {item_id} → 200 done", 5)
     ready_s = time.monotonic() - started
+    # the operator page answers what `nexus status --json` does, over the stack's database
+    status = httpx.get(f"{page[1]}api/status", timeout=30)
+    assert status.status_code == 200 and status.json()["counts"].get("done") == 1, status.text
+    assert "count-done" in httpx.get(page[1], timeout=30).text
 
     # `nexus replay --port` sends recorded events to this running stack, with its dev credentials
     code, result = _replay_over_http(home, port, "function_url_ingest.json")

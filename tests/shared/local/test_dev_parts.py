@@ -11,7 +11,15 @@ import pytest
 import shared.local
 from shared.local.bridge import DeliveryRetries
 from shared.local.environment import DevError
-from shared.local.servers import ROOT, local_url, port_of, ports_used, require_free_ports, source_path
+from shared.local.servers import (
+    ROOT,
+    dashboard_port,
+    local_url,
+    port_of,
+    ports_used,
+    require_free_ports,
+    source_path,
+)
 from shared.local.stack import endpoint_lines
 from shared.runtime.functions import FUNCTIONS
 
@@ -55,8 +63,9 @@ def test_each_function_has_its_port_and_url(name: str, base_port: int, port: int
     assert (port_of(name, base_port), local_url(name, base_port)) == (port, url)
 
 
-def test_every_function_gets_a_port_in_the_order_of_the_list() -> None:
-    assert ports_used(8080) == [8080 + i for i in range(len(FUNCTIONS))]
+def test_every_function_gets_a_port_in_the_order_of_the_list_then_the_operator_page() -> None:
+    assert ports_used(8080) == [8080 + i for i in range(len(FUNCTIONS) + 1)]
+    assert dashboard_port(8080) == 8080 + len(FUNCTIONS) == 8084
     with pytest.raises(KeyError, match="No function named 'dashboard'"):
         port_of("dashboard", 8080)
 
@@ -81,8 +90,8 @@ def test_the_printed_table_has_a_line_per_function() -> None:
 @pytest.mark.parametrize(
     ("port", "message"),
     [
-        (0, "Port 0 is out of range; pass --port N with N + 3 below 65536."),
-        (65536, "Port 65536 is out of range; pass --port N with N + 3 below 65536."),
+        (0, "Port 0 is out of range; pass --port N with N + 4 below 65536."),
+        (65536, "Port 65536 is out of range; pass --port N with N + 4 below 65536."),
     ],
 )
 def test_a_port_out_of_range_is_one_sentence(port: int, message: str) -> None:
