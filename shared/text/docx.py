@@ -54,6 +54,9 @@ def docx_document(data: bytes) -> Document:
 
         document = docx.Document(io.BytesIO(data))
         blocks = list(document.iter_inner_content())
+        # style id → heading level, read once: `paragraph.style` looks the document's styles up
+        # again for every paragraph (seconds for a long document)
+        levels = {style.style_id: _heading_level(style.name or "") for style in document.styles}
     except Exception as exc:
         raise DocumentError(f"The DOCX cannot be read ({type(exc).__name__}).") from None
     rendered = any(_rendered_breaks(block) for block in blocks)
@@ -63,7 +66,7 @@ def docx_document(data: bytes) -> Document:
     page, offset = 1, 0
     for block in blocks:
         page += _rendered_breaks(block) if rendered else 0
-        text, level = _block_text(block)
+        text, level = _block_text(block, levels)
         if text:
             if level:
                 while path and path[-1][0] >= level:
@@ -80,8 +83,16 @@ def docx_document(data: bytes) -> Document:
     return Document("".join(parts).strip("\n"), tuple(sections), pages)
 
 
-def _block_text(block: Any) -> tuple[str, int]:
-    """(text, heading level or 0) of a paragraph or a table."""
+def _heading_level(style_name: str) -> int:
+    """1-6 for Word's heading styles (`Heading 1`…, `Title` as 1), else 0."""
+    match = _HEADING_STYLE.match(style_name)
+    if match:
+        return min(int(match.group(1)), 6)
+    return 1 if style_name.lower() == "title" else 0
+
+
+def _block_text(block: Any, levels: dict[str, int]) -> tuple[str, int]:
+    """(text, heading level or 0) of a paragraph or a table; `levels`: heading level by style id."""
     if hasattr(block, "rows"):
         rows = []
         for row in block.rows:
@@ -92,10 +103,8 @@ def _block_text(block: Any) -> tuple[str, int]:
                 rows.append(" | ".join(unique))
         return "\n".join(rows), 0
     text = _SPACES.sub(" ", block.text).strip()
-    name = (block.style.name if block.style is not None else "") or ""
-    match = _HEADING_STYLE.match(name)
-    level = int(match.group(1)) if match else (1 if name.lower() == "title" else 0)
-    return text, min(level, 6)
+    style_id = block._p.style  # the paragraph's own style; none: the default (not a heading)
+    return text, levels.get(style_id, 0) if style_id else 0
 
 
 def _rendered_breaks(block: Any) -> int:

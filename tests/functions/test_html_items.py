@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -14,8 +13,7 @@ from shared.process.pipeline import Processor
 from shared.providers.embeddings import LocalEmbedder
 from shared.providers.summaries import LocalSummarizer
 from shared.text.html import is_html
-from tests.conftest import load_function
-from tests.functions.test_ingest import call, close_function, url_event
+from tests.functions.test_ingest import call, url_event
 
 PAGE = """<!DOCTYPE html>
 <html><head><title>Pump manual</title><style>p { color: red }</style>
@@ -25,13 +23,6 @@ PAGE = """<!DOCTYPE html>
 <p>季度检查：更换密封圈。</p></body></html>"""
 MARKDOWN = '# Embedding widgets\n\nPaste `<div class="w">` into your page, then call `init()`.\n'
 TAG = re.compile(r"</?[a-zA-Z][^>]*>")
-
-
-@pytest.fixture
-def ingest(function_env: pytest.MonkeyPatch) -> Iterator[Any]:
-    module = load_function("ingest")
-    yield module
-    close_function(module)
 
 
 def test_html_over_http_is_embedded_as_its_visible_text(

@@ -59,13 +59,6 @@ def close_function(module: Any) -> None:
         store.holder.close()
 
 
-@pytest.fixture
-def ingest(function_env: pytest.MonkeyPatch) -> Iterator[Any]:
-    module = load_function("ingest")
-    yield module
-    close_function(module)
-
-
 def call(ingest: Any, event: dict[str, Any]) -> tuple[int, dict[str, str], Any]:
     result = ingest.handler(event, None)
     headers = {k.lower(): v for k, v in result.get("headers", {}).items()}

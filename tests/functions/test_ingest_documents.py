@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import re
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -17,18 +16,11 @@ from shared.providers.embeddings import LocalEmbedder
 from shared.providers.summaries import LocalSummarizer
 from shared.search.service import search
 from shared.text.documents import DOCX, PDF
-from tests.conftest import count_items, load_function
-from tests.functions.test_ingest import call, close_function, url_event
+from tests.conftest import count_items
+from tests.functions.test_ingest import call, url_event
 from tests.support.documents import corrupt_pdf_bytes, docx_bytes, handbook, pdf_bytes, scanned_pdf_bytes
 
 TAG = re.compile(r"</?[a-zA-Z][^>]*>")
-
-
-@pytest.fixture
-def ingest(function_env: pytest.MonkeyPatch) -> Iterator[Any]:
-    module = load_function("ingest")
-    yield module
-    close_function(module)
 
 
 def file_item(

@@ -15,7 +15,6 @@ import os
 import shutil
 import subprocess
 import uuid
-from collections.abc import Iterator
 from decimal import Decimal
 from functools import cache
 from pathlib import Path
@@ -29,8 +28,8 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from shared.http.problems import ProblemError
-from tests.conftest import ROOT, load_function
-from tests.functions.test_ingest import call, close_function, url_event
+from tests.conftest import ROOT
+from tests.functions.test_ingest import call, url_event
 
 OPENAPI = ROOT / "docs" / "openapi.yaml"
 
@@ -41,13 +40,6 @@ def examples(n: int) -> settings:
     return settings(
         max_examples=n, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
     )
-
-
-@pytest.fixture
-def ingest(function_env: pytest.MonkeyPatch) -> Iterator[Any]:
-    module = load_function("ingest")
-    yield module
-    close_function(module)
 
 
 # --- the OpenAPI document as the oracle for response shapes ---------------------------------

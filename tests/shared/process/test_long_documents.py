@@ -116,3 +116,51 @@ def _hit(chunk_id: uuid.UUID, item_id: uuid.UUID, client_id: uuid.UUID) -> Any:
     from shared.store.rows import SearchHit
 
     return SearchHit(chunk_id, item_id, client_id, 0, "", "manuals/long.pdf", None)
+
+
+def test_through_postgrest_pages_are_kept_and_chunks_located(
+    db: psycopg.Connection[Any], db_url: str, db_client: uuid.UUID
+) -> None:
+    """The Supabase API backend (PostgREST) keeps a long PDF's pages between invocations, saves
+    the outline, drops the pages when done, and locates chunks, as the psycopg backend does."""
+    from shared.providers.embeddings import LocalEmbedder
+    from shared.store.supabase import SupabaseStore
+    from tests.shared.store.test_supabase_store import KEYS, SERVICE_ROLE_KEY
+    from tests.support.postgrest import PostgrestStandIn
+
+    pages = [
+        [("h1", f"Part {n}"), ("p", f"Section {n} explains valve VX-{n:03d} in detail. " * 8)]
+        for n in range(1, 41)
+    ]
+    payload = {
+        "client_id": str(db_client),
+        "source": "manuals/valves.pdf",
+        "content_type": PDF,
+        "content_base64": base64.b64encode(pdf_bytes(pages)).decode(),
+    }
+    with PostgrestStandIn(db_url, KEYS) as postgrest:
+        store = SupabaseStore(postgrest.url, SERVICE_ROLE_KEY)
+        items, _ = parse_items(payload)
+        (result,) = ingest_items(items, store=store, queue=NoQueue())
+        processor = Processor(
+            store,
+            LocalEmbedder(),
+            LocalSummarizer(),
+            chunk_tokens=120,
+            item_chunk_min_s=5.0,
+            pdf_page_batch=5,
+        )
+        # an invocation that leaves no time beyond the item's reserves extracts one batch and gives it back
+        first = processor.process_ids([result.item_id], 15.0)
+        assert first.released == 1
+        assert len(kept_pages(db, result.item_id)) == 5
+        report = processor.process_ids([result.item_id], 600.0)
+        assert report.done == 1, report
+        assert kept_pages(db, result.item_id) == {}
+        chunk = db.execute(
+            "select id from knowledge_chunks where knowledge_item_id = %s and content like %s",
+            (result.item_id, "%VX-033%"),
+        ).fetchone()
+        located_at = store.chunk_locations([chunk["id"]])
+    assert located_at[chunk["id"]][0] in (32, 33)
+    assert located_at[chunk["id"]][1] in (("Part 32",), ("Part 33",))
