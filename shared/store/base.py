@@ -366,8 +366,20 @@ class SqlFunctionStore(GenerationCalls):
     # --- documents ---
 
     def document_pages(self, item_id: uuid.UUID, sha: str) -> dict[int, str]:
-        rows = self._rows("document_pages", {"item_id": item_id, "sha": sha}, idempotent=True)
-        return {int(row["page"]): str(row["text"]) for row in rows}
+        """In pages of rows of at most `max_rows` (PostgREST's cap), from after the last one read."""
+        pages: dict[int, str] = {}
+        size = self.max_rows or 100_000
+        while True:
+            arguments = {
+                "item_id": item_id,
+                "sha": sha,
+                "after_page": max(pages, default=0),
+                "max_pages": size,
+            }
+            rows = self._rows("document_pages", arguments, idempotent=True)
+            pages.update((int(row["page"]), str(row["text"])) for row in rows)
+            if len(rows) < size:
+                return pages
 
     def save_document_pages(self, item_id: uuid.UUID, sha: str, pages: dict[int, str]) -> int:
         arguments = {"item_id": item_id, "sha": sha, "pages": list(pages), "texts": list(pages.values())}

@@ -139,7 +139,8 @@ def test_through_postgrest_pages_are_kept_and_chunks_located(
         "content_base64": base64.b64encode(pdf_bytes(pages)).decode(),
     }
     with PostgrestStandIn(db_url, KEYS) as postgrest:
-        store = SupabaseStore(postgrest.url, SERVICE_ROLE_KEY)
+        # PostgREST answers at most db-max-rows rows a call: the kept pages are read 3 at a time
+        store = SupabaseStore(postgrest.url, SERVICE_ROLE_KEY, max_rows=3)
         items, _ = parse_items(payload)
         (result,) = ingest_items(items, store=store, queue=NoQueue())
         processor = Processor(
@@ -154,6 +155,10 @@ def test_through_postgrest_pages_are_kept_and_chunks_located(
         first = processor.process_ids([result.item_id], 15.0)
         assert first.released == 1
         assert len(kept_pages(db, result.item_id)) == 5
+        sha = db.execute(
+            "select content_sha256 from knowledge_items where id = %s", (result.item_id,)
+        ).fetchone()["content_sha256"]
+        assert sorted(store.document_pages(result.item_id, sha)) == [1, 2, 3, 4, 5]
         report = processor.process_ids([result.item_id], 600.0)
         assert report.done == 1, report
         assert kept_pages(db, result.item_id) == {}
