@@ -52,16 +52,24 @@ class DocumentReader:
         file = parse_data_url(item.content)
         if file is None:
             return document_of(item.content)
-        if file[0] != PDF:
-            return _with_text(document_of(item.content))
+        try:
+            return _with_text(self._file_document(item, file[0], file[1], deadline))
+        except NexusError:
+            raise
+        except Exception as exc:  # a parser's own failure on an odd file: that file's, reported
+            raise DocumentError(f"The {file[0]} file cannot be read ({type(exc).__name__}).") from None
+
+    def _file_document(self, item: ClaimedItem, content_type: str, data: bytes, deadline: float) -> Document:
+        if content_type != PDF:
+            return document_of(item.content)
         from shared.text.pdf import PdfFile, pdf_document
 
-        pdf = PdfFile(file[1])
+        pdf = PdfFile(data)
         if pdf.pages <= self.page_batch:
             texts = {page: pdf.page_text(page) for page in range(1, pdf.pages + 1)}
         else:
             texts = self._checkpointed(pdf, item, deadline)
-        return _with_text(pdf_document(texts, pdf.pages, pdf.bookmarks()))
+        return pdf_document(texts, pdf.pages, pdf.bookmarks())
 
     def _checkpointed(self, pdf: PdfFile, item: ClaimedItem, deadline: float) -> dict[int, str]:
         """Every page's text: those kept by earlier claims, the rest read a batch at a time and

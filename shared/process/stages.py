@@ -24,7 +24,7 @@ from shared.process.budgets import (
     item_chunk_budget_s,
     summaries_deadline,
 )
-from shared.process.documents import DocumentReader
+from shared.process.documents import DocumentReader, ExtractionPaused
 from shared.process.feed import EmbeddingFeed
 from shared.process.report import ProcessingReport
 from shared.process.summaries import StoredSummaryMemo
@@ -38,7 +38,7 @@ from shared.providers.usage import metered
 from shared.store import ChunkRecord, ClaimedItem, CompletedItem, Store, UsageEntry
 from shared.store.rows import Generation
 from shared.text.chunking import Chunk
-from shared.text.documents import Document, locate
+from shared.text.documents import Document, DocumentError, locate
 from shared.text.hashing import sha256_hex
 
 __all__ = ["CHUNK_THREADS", "ClaimStages", "PreparedItem", "SummaryOutcome"]
@@ -157,7 +157,7 @@ class ClaimStages:
         the next claim), or chunking outlasted `budget` (not waited for)."""
         try:
             return future.result(timeout=None if budget == math.inf else budget)
-        except NexusError as exc:
+        except (DocumentError, ExtractionPaused) as exc:  # the file's own, or the clock's
             return Trouble(exc, kind_of(exc))
         except TimeoutError:
             future.cancel()

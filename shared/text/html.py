@@ -1,6 +1,6 @@
 """HTML to text: the visible text of a page, paragraphs kept as blank lines, never its tags; and
-`document_text`, which gives any item's text as it is chunked and embedded (HTML without its tags);
-`html_document` keeps the page's `<h1>`…`<h6>` as headings."""
+`html_document`, the same text with the page's `<h1>`…`<h6>` as headings (how processing reads an
+HTML item: never with its tags); `is_html`, whether an item's text is HTML."""
 
 from __future__ import annotations
 
@@ -162,8 +162,3 @@ _MARKUP_START = re.compile(
 def is_html(text: str) -> bool:
     """Whether `text` is HTML markup: it begins with an HTML tag (after whitespace and comments)."""
     return _MARKUP_START.match(text[:65536]) is not None
-
-
-def document_text(content: str) -> str:
-    """An item's text as it is chunked and embedded: HTML's visible text, anything else as it is."""
-    return html_to_text(content) if is_html(content) else content
