@@ -33,7 +33,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from rss import peak_rss_mb, ru_maxrss_mb  # bench/ is the script directory, so on sys.path
+from revision import code_revision  # bench/ is the script directory, so on sys.path
+from rss import peak_rss_mb, ru_maxrss_mb
 
 ROOT = Path(__file__).resolve().parent.parent
 INGEST_MAIN = ROOT / "functions" / "ingest" / "main.py"
@@ -382,28 +383,9 @@ def machine() -> dict[str, Any]:
         "arch": platform.machine(),
         "cpu": model,
         "python": platform.python_version(),
-        "code": code_revision(),
+        "code": code_revision(ROOT),
         "loadavg_start": [round(x, 2) for x in os.getloadavg()],
     }
-
-
-def code_revision() -> str:
-    """The commit measured, plus the files with uncommitted changes (the product changes under us)."""
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        changed = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.split("\n")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown (not a git checkout)"
-    dirty = sorted(line[3:] for line in changed if line.strip())
-    return f"{head} + uncommitted {', '.join(dirty)}" if dirty else head
 
 
 def summarise(worker: dict[str, Any], imports: dict[str, Any]) -> dict[str, Any]:

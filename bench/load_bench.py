@@ -53,6 +53,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from revision import code_revision  # bench/ is the script directory, so on sys.path
+
 ROOT = Path(__file__).resolve().parents[1]
 PY = str(ROOT / ".venv" / "bin" / "python")
 NEXUS = [PY, "-m", "shared.cli"]
@@ -599,28 +601,6 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
 def machine(label: str) -> dict[str, Any]:
     return {f"loadavg_{label}": [round(x, 2) for x in os.getloadavg()]}
-
-
-def code_revision(tree: Path) -> str:
-    """The commit the tree is at, and whether tracked files have uncommitted changes; or its path
-    when it is not a checkout (e.g. a `git archive` of a commit)."""
-    if not (tree / ".git").exists():
-        return str(tree)
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=tree, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        changed = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=tree,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.split("\n")
-    except (OSError, subprocess.CalledProcessError):
-        return str(tree)
-    dirty = sum(1 for line in changed if line.strip())
-    return f"{head} + {dirty} files with uncommitted changes" if dirty else head
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

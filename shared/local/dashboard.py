@@ -420,6 +420,20 @@ def _close_all(closers: tuple[Callable[[], None], ...]) -> None:
             get_logger().warning("dashboard: closing a store failed", extra={"error": type(exc).__name__})
 
 
+def open_sources(settings: Any) -> tuple[Any, Any]:
+    """The page's store and Google token store over `settings`' database (both closed again if the
+    second cannot be opened): what `start_dashboard` reads."""
+    from shared.gcal.store import default_token_store
+    from shared.store.backends import store_from_settings
+
+    store = store_from_settings(settings, application_name="nexus-dashboard")
+    try:
+        return store, default_token_store(settings)
+    except BaseException:
+        store.close()
+        raise
+
+
 def start_dashboard(
     settings: Any,
     host: str,
@@ -494,19 +508,12 @@ def _say(line: str) -> None:
 def run_dashboard(settings: Any, host: str, port: int, out: Callable[[str], None] = _say) -> int:
     """`nexus dashboard`: serve the page until Ctrl-C or SIGTERM (exit 0). Raises DashboardError,
     before touching any database, when the binding is refused (`check_binding`)."""
-    from shared.gcal.store import default_token_store
     from shared.local.database import local_settings
     from shared.local.signals import stop_on_signals
-    from shared.store.backends import store_from_settings
 
     check_binding(host, settings.dashboard_token or None)
     resolved = local_settings(settings)
-    store = store_from_settings(resolved, application_name="nexus-dashboard")
-    try:
-        token_store = default_token_store(resolved)
-    except BaseException:
-        store.close()
-        raise
+    store, token_store = open_sources(resolved)
     served = start_dashboard(resolved, host, port, store=store, token_store=token_store, report=out)
     guard = f"; every request needs {TOKEN_VARIABLE}" if settings.dashboard_token else ""
     stopping = threading.Event()

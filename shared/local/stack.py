@@ -27,7 +27,7 @@ from typing import IO
 
 from shared.config import Settings
 from shared.local.bridge import WebhookBridge, WebhookSender
-from shared.local.dashboard import DashboardServer, start_dashboard
+from shared.local.dashboard import DashboardServer, open_sources, start_dashboard
 from shared.local.environment import DevError, LocalEnvironment, local_environment
 from shared.local.jobs import PeriodicJob, Sweeper, token_refresher
 from shared.local.options import DevOptions
@@ -143,16 +143,8 @@ class DevStack:
 
     def _start_dashboard(self) -> DashboardServer:
         """The operator page over the stack's database, in this process."""
-        from shared.gcal.store import default_token_store
-        from shared.store.backends import store_from_settings
-
         settings = self.env.settings
-        store = store_from_settings(settings, application_name="nexus-dashboard")
-        try:
-            token_store = default_token_store(settings)
-        except BaseException:
-            store.close()
-            raise
+        store, token_store = open_sources(settings)
         port = dashboard_port(self.options.port)
         return start_dashboard(settings, HOST, port, store=store, token_store=token_store, report=self.out)
 
