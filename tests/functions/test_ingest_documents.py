@@ -16,7 +16,7 @@ from shared.providers.embeddings import LocalEmbedder
 from shared.providers.summaries import LocalSummarizer
 from shared.search.service import search
 from shared.text.documents import DOCX, PDF
-from tests.conftest import count_items
+from tests.conftest import count_items, load_function
 from tests.functions.test_ingest import call, url_event
 from tests.support.documents import corrupt_pdf_bytes, docx_bytes, handbook, pdf_bytes, scanned_pdf_bytes
 
@@ -211,3 +211,30 @@ def test_a_scanned_pdf_is_reported_not_guessed(
     # not retried: a scan stays a scan (the sweep does not claim it again)
     again = Processor(store, LocalEmbedder(), LocalSummarizer()).process_ids([body["id"]], 60.0)
     assert again.claimed == 0
+
+
+def test_the_search_function_answers_where_a_document_hit_sits(
+    ingest: Any, store: Any, client_id: uuid.UUID, function_env: pytest.MonkeyPatch
+) -> None:
+    from tests.functions import test_search
+
+    function_env.setenv("NEXUS_EMBEDDING_PROVIDER", "local")
+    status, _, body = call(
+        ingest, url_event(file_item(client_id, "manuals/hb.docx", DOCX, docx_bytes(handbook())))
+    )
+    assert status == 201
+    assert process(store, [body["id"]]).done == 1
+    module = load_function("search")  # as test_search's fixture loads it
+    try:
+        event = test_search.url_event(
+            {"query": "QP-0093 motor overheat", "client_id": str(client_id), "mode": "text"}
+        )
+        status, _, answer = test_search.call(module, event)
+    finally:
+        if module.endpoint.store is not None:
+            module.endpoint.store.close()
+    assert status == 200
+    hit = next(
+        h for h in answer["hits"] if h["knowledge_item_id"] == body["id"] and "QP-0093" in h["content"]
+    )
+    assert hit["page"] == 2 and hit["headings"] == ["Field Service Handbook", "Error codes"]
