@@ -18,7 +18,14 @@ from shared.search.service import search
 from shared.text.documents import DOCX, PDF
 from tests.conftest import count_items, load_function
 from tests.functions.test_ingest import call, url_event
-from tests.support.documents import corrupt_pdf_bytes, docx_bytes, handbook, pdf_bytes, scanned_pdf_bytes
+from tests.support.documents import (
+    cjk_pdf_bytes,
+    corrupt_pdf_bytes,
+    docx_bytes,
+    handbook,
+    pdf_bytes,
+    scanned_pdf_bytes,
+)
 
 TAG = re.compile(r"</?[a-zA-Z][^>]*>")
 
@@ -238,3 +245,25 @@ def test_the_search_function_answers_where_a_document_hit_sits(
         h for h in answer["hits"] if h["knowledge_item_id"] == body["id"] and "QP-0093" in h["content"]
     )
     assert hit["page"] == 2 and hit["headings"] == ["Field Service Handbook", "Error codes"]
+
+
+def test_chinese_and_emoji_survive_a_pdf_and_a_docx(
+    ingest: Any, store: Any, admin: Any, client_id: uuid.UUID
+) -> None:
+    lines = ["季度检查：更换密封圈。", "错误代码 E-17 表示密封圈磨损 🙂", "日本語のテキストも読めます。"]
+    items = [
+        file_item(client_id, "cn/check.pdf", PDF, cjk_pdf_bytes(lines)),
+        file_item(
+            client_id,
+            "cn/check.docx",
+            DOCX,
+            docx_bytes([[("h1", "季度检查"), *(("p", line) for line in lines)]]),
+        ),
+    ]
+    status, _, batch = call(ingest, url_event({"items": items}))
+    assert status == 200, batch
+    ids = [entry["id"] for entry in batch["items"]]
+    assert process(store, ids).done == 2
+    for item_id in ids:
+        text = "\n".join(row["content"] for row in chunks_of(admin, item_id))
+        assert all(line in text for line in lines), text

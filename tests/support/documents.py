@@ -138,3 +138,22 @@ def long_pdf_pages(count: int) -> list[list[Block]]:
         ]
         for n in range(1, count + 1)
     ]
+
+
+def cjk_pdf_bytes(lines: list[str]) -> bytes:
+    """A one-page PDF of Chinese text (reportlab's built-in CID font, with its ToUnicode map: no
+    font file needed), each line drawn on its own."""
+    from reportlab.lib.pagesizes import A4
+    from reportlab.pdfbase import pdfmetrics
+    from reportlab.pdfbase.cidfonts import UnicodeCIDFont
+    from reportlab.pdfgen import canvas
+
+    pdfmetrics.registerFont(UnicodeCIDFont("STSong-Light"))
+    buffer = io.BytesIO()
+    pdf = canvas.Canvas(buffer, pagesize=A4, invariant=True)
+    pdf.setFont("STSong-Light", 12)
+    for n, line in enumerate(lines):
+        pdf.drawString(50, 780 - 18 * n, line)
+    pdf.showPage()
+    pdf.save()
+    return buffer.getvalue()
