@@ -93,19 +93,24 @@ def _resolve(item: IngestItem, max_file_bytes: int | None) -> IngestItem:
 
 
 def _decode_base64(value: str, max_file_bytes: int | None) -> bytes:
+    """The file's bytes; a file over `max_file_bytes` is refused before it is decoded when its
+    base64 is clearly too long, and after it is, at the exact size."""
     raw = _WHITESPACE.sub(b"", value.encode("ascii", "replace"))  # line-wrapped base64 is common
+    too_large = _problem(
+        413,
+        "content_base64",
+        f"is a file larger than the {max_file_bytes}-byte limit (NEXUS_MAX_FILE_BYTES).",
+    )
     if max_file_bytes is not None and len(raw) // 4 * 3 > max_file_bytes + 3:
-        raise _problem(
-            413,
-            "content_base64",
-            f"is a file larger than the {max_file_bytes}-byte limit (NEXUS_MAX_FILE_BYTES).",
-        )
+        raise too_large
     try:
         data = base64.b64decode(raw, validate=True)
     except (binascii.Error, ValueError):
         raise _problem(422, "content_base64", "is not valid base64.") from None
     if not data:
         raise _problem(422, "content_base64", "must not be empty.")
+    if max_file_bytes is not None and len(data) > max_file_bytes:
+        raise too_large
     return data
 
 
