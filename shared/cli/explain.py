@@ -39,7 +39,7 @@ def why(facts: dict[str, Any], max_attempts: int) -> str:
         took = _age(facts.get("ingest_to_done_seconds"))
         return (
             f"Done: {chunks} chunks stored, {indexed} in the vector index{waiting}; "
-            f"searchable {took} after ingest."
+            f"searchable {took} after ingest.{_without_text(facts)}"
         )
     if status == "processing":
         owner, until = facts.get("lease_owner"), facts.get("lease_expires_at")
@@ -83,7 +83,27 @@ def why(facts: dict[str, Any], max_attempts: int) -> str:
             f"{facts.get('last_transient_error')}); a sweep takes it after {next_at}, or at once when "
             "the provider recovers."
         )
+    return _pending(facts)
+
+
+def _pending(facts: dict[str, Any]) -> str:
+    """A pending item's sentence: a long PDF part-way through extraction says how far it got."""
+    kept = int(facts.get("document_pages_kept") or 0)
+    if kept:
+        return (
+            f"Pending for {_age(facts.get('age_seconds'))}: {kept} of its PDF's pages are extracted and "
+            "kept; the next claim goes on from there."
+        )
     return f"Pending for {_age(facts.get('age_seconds'))}: the next trigger or sweep claims it."
+
+
+def _without_text(facts: dict[str, Any]) -> str:
+    """' 2 of its 40 pages have no text layer (3, 7).', or '' when every page has text."""
+    missing = facts.get("pages_without_text") or []
+    if not missing:
+        return ""
+    shown = ", ".join(str(page) for page in missing[:10]) + (", …" if len(missing) > 10 else "")
+    return f" {len(missing)} of its {facts.get('pages')} pages have no text layer ({shown})."
 
 
 def cmd_explain(args: argparse.Namespace, settings: Settings) -> int:

@@ -146,3 +146,37 @@ def test_status_says_how_fresh_the_knowledge_is(
     assert main(["status"]) == 0
     out = capsys.readouterr().out
     assert "ingest to done, last hour: p50 2" in out and "; to the vector index: p50 2" in out
+
+
+def test_a_pdf_part_way_through_and_one_with_scanned_pages(
+    db: psycopg.Connection[Any], db_store: PostgresStore, db_client: uuid.UUID, explain: Any
+) -> None:
+    import base64
+
+    from shared.ingest.queue import NoQueue
+    from shared.ingest.service import ingest_items, parse_items
+    from shared.text.documents import PDF
+    from tests.support.documents import pdf_bytes
+
+    def ingest_pdf(pages: list[Any]) -> uuid.UUID:
+        body = {"client_id": str(db_client), "source": "m.pdf", "content_type": PDF}
+        body["content_base64"] = base64.b64encode(pdf_bytes(pages)).decode()
+        (result,) = ingest_items(parse_items(body)[0], store=db_store, queue=NoQueue())
+        return result.item_id
+
+    text_page = [("h1", "Valves"), ("p", "Valve VX-1 is checked monthly. " * 5)]
+    processor = Processor(
+        db_store, LocalEmbedder(), LocalSummarizer(), item_chunk_min_s=5.0, pdf_page_batch=4
+    )
+    # a long PDF given back after its first batch of pages: explain says how far it got
+    long_pdf = ingest_pdf([text_page] * 12)
+    assert processor.process_ids([long_pdf], 15.0).released == 1
+    _, facts = explain(long_pdf, "--json")
+    assert facts["document_pages_kept"] == 4
+    assert "4 of its PDF's pages are extracted and kept" in facts["why"]
+    # done, with pages that have no text layer (blank pages: a scan without OCR looks the same)
+    scanned = ingest_pdf([text_page, [], text_page, []])
+    assert processor.process_ids([scanned], 60.0).done == 1
+    _, facts = explain(scanned, "--json")
+    assert facts["pages"] == 4 and facts["pages_without_text"] == [2, 4]
+    assert facts["why"].endswith("2 of its 4 pages have no text layer (2, 4).")

@@ -140,3 +140,18 @@ def test_failed_items_and_clients_read_back(
         None,
     )
     assert backend.failed_items(0) == []
+
+
+def test_explain_answers_through_postgrest_as_the_service_role(db: Any, db_url: str, db_client: Any) -> None:
+    """`explain_knowledge_item` adds the document facts to the ones it kept under another name:
+    the service role (PostgREST's) may run both."""
+    from shared.store.supabase import SupabaseStore
+    from tests.shared.store.test_supabase_store import KEYS, SERVICE_ROLE_KEY
+    from tests.support.postgrest import PostgrestStandIn
+    from tests.support.process_helpers import insert_items
+
+    (item,) = insert_items(db, db_client, ["A note about valves."])
+    with PostgrestStandIn(db_url, KEYS) as postgrest:
+        facts = SupabaseStore(postgrest.url, SERVICE_ROLE_KEY).explain_item(item)
+    assert facts is not None and facts["status"] == "pending"
+    assert facts["document_pages_kept"] == 0 and facts["pages"] is None
