@@ -54,6 +54,7 @@ ENV_VARS: dict[str, str] = {
     "NEXUS_MAX_ITEM_TOKENS": "max_item_tokens",
     "NEXUS_MAX_FILE_BYTES": "max_file_bytes",
     "NEXUS_PDF_PAGE_BATCH": "pdf_page_batch",
+    "NEXUS_CHUNK_HEADINGS": "chunk_headings",
     "NEXUS_PRICES": "prices",
     "NEXUS_RATE_LIMITS": "rate_limits",
     "NEXUS_DASHBOARD_TOKEN": "dashboard_token",
@@ -115,6 +116,9 @@ class Settings(BaseModel):
     # A PDF's pages are extracted this many at a time, each batch kept as a checkpoint, so a long
     # document goes on across invocations from where the last one stopped.
     pdf_page_batch: int = Field(default=25, ge=1, le=10_000)
+    # Each chunk's text led by the heading path it sits under, so the path is embedded, indexed
+    # and counted with it (`shared.text.context`).
+    chunk_headings: bool = True
     # USD per million tokens, (input, output), by model, over the defaults in
     # shared.providers.prices: JSON such as {"my-model": {"input": 0.1, "output": 0.4}}.
     prices: dict[str, tuple[float, float]] = Field(default_factory=dict)

@@ -41,7 +41,7 @@ def estimate_files(store: Any, settings: Settings, paths: list[Path]) -> dict[st
     from shared.ingest.documents import FileRejected
     from shared.ingest.files import find_documents, read_document
     from shared.store.generations import generations_from_facts
-    from shared.text.chunking import split_text
+    from shared.text.context import chunk_document
     from shared.text.documents import DocumentError
     from shared.text.extract import document_of
     from shared.text.hashing import sha256_hex
@@ -59,7 +59,9 @@ def estimate_files(store: Any, settings: Settings, paths: list[Path]) -> dict[st
         text = document.text
         if not text.strip():
             continue
-        chunks = split_text(text, settings.chunk_tokens, settings.chunk_overlap, document.boundaries())
+        chunks = chunk_document(
+            document, settings.chunk_tokens, settings.chunk_overlap, headings=settings.chunk_headings
+        )
         chunks_total += len(chunks)
         for chunk in chunks:
             tokens_by_hash.setdefault(sha256_hex(chunk.text), chunk.token_count)

@@ -94,8 +94,10 @@ class Processor(ClaimStages, ItemOutcomes):
         prices: PriceTable | None = None,
         rate_limits: Mapping[str, tuple[float, float, float]] | None = None,
         pdf_page_batch: int = 25,
+        chunk_headings: bool = True,
     ) -> None:
         self.store = store
+        self.chunk_headings = chunk_headings
         self.documents = DocumentReader(store, pdf_page_batch)
         self.prices = prices or PriceTable()
         self.embedder = embedder  # for the active generation once `check_settings` has read it
@@ -470,5 +472,6 @@ def processor_from_settings(settings: Any, store: Store | None = None, **kwargs:
         prices=price_table(settings),
         rate_limits=settings.rate_limits,
         pdf_page_batch=settings.pdf_page_batch,
+        chunk_headings=settings.chunk_headings,
         **kwargs,
     )

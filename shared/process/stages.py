@@ -38,6 +38,7 @@ from shared.providers.usage import metered
 from shared.store import ChunkRecord, ClaimedItem, CompletedItem, Store, UsageEntry
 from shared.store.rows import Generation
 from shared.text.chunking import Chunk
+from shared.text.context import chunk_document
 from shared.text.documents import Document, DocumentError, locate
 from shared.text.hashing import sha256_hex
 
@@ -96,6 +97,7 @@ class ClaimStages:
     summary_concurrency: int
     item_chunk_min_s: float
     chunker: Callable[..., list[Chunk]]  # (text, max_tokens, overlap[, boundaries])
+    chunk_headings: bool  # each chunk's text led by its heading path (`shared.text.context`)
     documents: DocumentReader
     active: Generation | None
     prices: PriceTable
@@ -183,11 +185,13 @@ class ClaimStages:
         started = time.monotonic()
         # HTML never reaches the embedder with its tags; a file gives its text
         document = self.documents.read(item, extraction_deadline)
-        boundaries = document.boundaries()
-        if boundaries:
-            chunks = self.chunker(document.text, self.chunk_tokens, self.chunk_overlap, boundaries)
-        else:
-            chunks = self.chunker(document.text, self.chunk_tokens, self.chunk_overlap)
+        chunks = chunk_document(
+            document,
+            self.chunk_tokens,
+            self.chunk_overlap,
+            headings=self.chunk_headings,
+            chunker=self.chunker,
+        )
         return PreparedItem(item, chunks, [sha256_hex(c.text) for c in chunks], started, document)
 
     def _embeddings(
