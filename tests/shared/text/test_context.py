@@ -24,8 +24,10 @@ def test_each_chunk_is_led_by_its_heading_path() -> None:
     middle = [c for c in chunks if "replays the log" in c.text and "### Restores" not in c.text]
     assert middle and all(c.text.startswith("Operations guide › Backups › Restores\n\n") for c in middle)
     # a chunk that begins with its own heading keeps the outer path only
-    opening = next(c for c in chunks if "### Restores" in c.text)
-    assert opening.text.startswith("Operations guide › Backups\n\n### Restores")
+    short = "# Operations guide\n\n## Backups\n\n" + "Backups run nightly. " * 8 + "\n\n### Restores\n\n"
+    short += "A restore replays the log. " * 8
+    opening = [c for c in chunk_document(text_document(short), 80) if "### Restores" in c.text]
+    assert [c.text.split("\n\n", 2)[:2] for c in opening] == [["Operations guide › Backups", "### Restores"]]
     # the chunks' own text still covers the document, in order, and locates it
     for chunk in chunks:
         own = document.text[chunk.char_start : chunk.char_end]
