@@ -94,7 +94,7 @@ class Processor(ClaimStages, ItemOutcomes):
         prices: PriceTable | None = None,
         rate_limits: Mapping[str, tuple[float, float, float]] | None = None,
         pdf_page_batch: int = 25,
-        chunk_headings: bool = True,
+        chunk_headings: bool = False,
     ) -> None:
         self.store = store
         self.chunk_headings = chunk_headings

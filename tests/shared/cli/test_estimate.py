@@ -35,9 +35,17 @@ def write_files(folder: Path) -> None:
     (folder / "notes.md").write_text("# Notes\n\n季度报告 — the quarterly report is due.\n", encoding="utf-8")
 
 
+@pytest.mark.parametrize("headings", [False, True], ids=["plain", "heading-context"])
 def test_the_estimate_is_what_processing_pays(
-    tmp_path: Path, db: psycopg.Connection[Any], db_url: str, db_store: PostgresStore, db_client: uuid.UUID
+    tmp_path: Path,
+    db: psycopg.Connection[Any],
+    db_url: str,
+    db_store: PostgresStore,
+    db_client: uuid.UUID,
+    headings: bool,
 ) -> None:
+    """With NEXUS_CHUNK_HEADINGS too: the heading paths leading the chunks are estimated, paid
+    and recorded in the ledger alike."""
     folder = tmp_path / "docs"
     write_files(folder)
     with OpenAIServer(latency_ms=0) as server:
@@ -48,6 +56,7 @@ def test_the_estimate_is_what_processing_pays(
             openai_api_key=API_KEY,
             openai_base_url=server.base_url,
             chunk_tokens=120,
+            chunk_headings=headings,
         )
         estimate = estimate_files(db_store, settings, [folder])
         assert server.stats.requests == 0
@@ -60,11 +69,16 @@ def test_the_estimate_is_what_processing_pays(
         embedder = OpenAIEmbedder(API_KEY, base_url=server.base_url)
         summarizer = OpenAISummarizer(API_KEY, base_url=server.base_url)
         try:
-            report = Processor(db_store, embedder, summarizer, chunk_tokens=120).sweep(lambda: 600.0)
+            processor = Processor(db_store, embedder, summarizer, chunk_tokens=120, chunk_headings=headings)
+            report = processor.sweep(lambda: 600.0)
         finally:
             embedder.close()
             summarizer.close()
         assert report.done == 5
+        led = db.execute(
+            "select count(*) as n from knowledge_chunks where content like 'Runbook 1\n\n%'"
+        ).fetchone()
+        assert (led["n"] > 0) is headings  # chunks under "Runbook 1" are led by it
         assert report.embedded_tokens == server.stats.embedding_tokens == embedding["tokens_to_embed"]
         assert report.embedded_chunks == embedding["inputs_to_embed"]
         assert server.stats.chat_requests == estimate["summaries"]["calls"]
