@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 from shared.errors import NexusError
+from shared.logs import get_logger
 from shared.process.budgets import (
     FINISH_RESERVE_S,
     SWEEP_RESERVE_S,
@@ -156,11 +157,15 @@ class ClaimStages:
     @staticmethod
     def _chunked(future: Future[PreparedItem], budget: float, chars: int) -> PreparedItem | Trouble:
         """The item chunked, or its trouble: its file cannot be read (or a long PDF goes on at
-        the next claim), or chunking outlasted `budget` (not waited for)."""
+        the next claim), chunking outlasted `budget` (not waited for), or chunking its content
+        raised an error of no service of ours (a bug its text triggers: that item fails alone,
+        its attempt counted, instead of every item of the claim waiting out its lease)."""
         try:
             return future.result(timeout=None if budget == math.inf else budget)
         except (DocumentError, ExtractionPaused) as exc:  # the file's own, or the clock's
             return Trouble(exc, kind_of(exc))
+        except NexusError:  # the database's, say: the claim's, not this item's
+            raise
         except TimeoutError:
             future.cancel()
             return Trouble(
@@ -170,6 +175,10 @@ class ClaimStages:
                 ),
                 "item",
             )
+        except Exception as exc:
+            get_logger().exception("chunking an item failed", extra={"error": type(exc).__name__})
+            reason = " ".join(str(exc).split())[:200]
+            return Trouble(NexusError(f"Chunking failed: {type(exc).__name__}: {reason}"), "item")
 
     def _extraction_deadline(self, item: ClaimedItem, left_s: float, claim_chars: int) -> float:
         """When a long PDF's extraction stops and keeps its pages for the next claim: after most

@@ -255,6 +255,31 @@ def test_an_item_that_cannot_be_chunked_in_time_fails_alone(
     assert all(states[i]["status"] == "done" and states[i]["last_error"] is None for i in clean)
 
 
+def test_an_item_whose_text_breaks_the_chunker_fails_alone(
+    db: psycopg.Connection[Any], db_store: PostgresStore
+) -> None:
+    """A bug that one item's content triggers (here, an error from the chunker) fails that item,
+    its attempt counted and the error recorded; the claim's other items are stored."""
+
+    def chunker(text: str, max_tokens: int, overlap: int) -> list[Chunk]:
+        if "POISON" in text:
+            raise IndexError("list index out of range")
+        return split_text(text, max_tokens, overlap)
+
+    client = uuid.uuid4()
+    db.execute("insert into clients (id) values (%s)", (client,))
+    (bad,) = insert_items(db, client, ["A POISON document for this chunker."])
+    clean = _documents(db, client, 3, seed=3)
+    processor = Processor(db_store, LocalEmbedder(), LocalSummarizer(), max_attempts=3, chunker=chunker)
+    report = processor.sweep(lambda: 60.0)
+
+    assert report.done_ids == set(clean) and report.failed_ids == {bad}
+    states = item_states(db, [bad, *clean])
+    assert (states[bad]["status"], states[bad]["attempts"]) == ("failed", 1)
+    assert states[bad]["last_error"] == "Chunking failed: IndexError: list index out of range"
+    assert all(states[i]["status"] == "done" for i in clean)
+
+
 # -- summaries are never paid twice ---------------------------------------------------------------
 
 
