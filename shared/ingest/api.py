@@ -10,11 +10,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from shared.config import Settings, get_settings
-from shared.errors import NexusError
 from shared.http.auth import Principal, authenticate
 from shared.http.bodies import decode_json
+from shared.http.doors import answer, check_body_size, check_door
 from shared.http.messages import HttpRequest, HttpResponse
-from shared.http.problems import ProblemError
 from shared.ingest.queue import ItemQueue, NoQueue, SqsQueue
 from shared.ingest.service import IngestResult, check_idempotency_key, ingest_items, parse_items
 from shared.runtime.metrics import emit_metrics
@@ -45,31 +44,17 @@ class IngestEndpoint:
 
     def handle(self, request: HttpRequest) -> HttpResponse:
         """Answer one request; never raises."""
-        try:
-            return self._handle(request)
-        except ProblemError as problem:
-            return problem.to_response()
-        except NexusError as exc:
-            return _server_problem(exc)
-        except Exception as exc:
-            from shared.logs import get_logger
-
-            get_logger().exception("ingest failed", extra={"error": type(exc).__name__})
-            return ProblemError(500, "An internal error occurred; nothing was stored.").to_response()
+        return answer(
+            lambda: self._handle(request),
+            "ingest",
+            internal_detail="An internal error occurred; nothing was stored.",
+        )
 
     def _handle(self, request: HttpRequest) -> HttpResponse:
-        path = request.path.rstrip("/") or "/"
-        if path not in INGEST_PATHS:
-            raise ProblemError(404, f"No endpoint at {path}; POST to /api/knowledge/ingest.")
-        if request.method.upper() != "POST":
-            raise ProblemError(405, "Use POST to ingest knowledge items.", headers={"allow": "POST"})
+        check_door(request, INGEST_PATHS, "/api/knowledge/ingest", "Use POST to ingest knowledge items.")
         settings = self._wire()[0]
         principal = authenticate(request.header("authorization"), settings)
-        if len(request.body) > settings.max_body_bytes:
-            raise ProblemError(
-                413,
-                f"The body is larger than the {settings.max_body_bytes}-byte limit (NEXUS_MAX_BODY_BYTES).",
-            )
+        check_body_size(request, settings.max_body_bytes)
         payload = decode_json(request)
         key = check_idempotency_key(request.header("idempotency-key"))
         results, is_batch = self.ingest(payload, principal=principal, idempotency_key=key)
@@ -102,11 +87,3 @@ class IngestEndpoint:
             max_item_tokens=settings.max_item_tokens,
         )
         return results, is_batch
-
-
-def _server_problem(exc: NexusError) -> HttpResponse:
-    from shared.logs import get_logger
-
-    get_logger().error("ingest could not run", extra={"error": str(exc)})
-    headers = {"retry-after": "1"} if exc.status == 503 else {}
-    return ProblemError(exc.status, str(exc), headers=headers).to_response()

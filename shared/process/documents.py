@@ -62,14 +62,10 @@ class DocumentReader:
     def _file_document(self, item: ClaimedItem, content_type: str, data: bytes, deadline: float) -> Document:
         if content_type != PDF:
             return document_of(item.content)
-        from shared.text.pdf import PdfFile, pdf_document
+        from shared.text.pdf import PdfFile
 
         pdf = PdfFile(data)
-        if pdf.pages <= self.page_batch:
-            texts = {page: pdf.page_text(page) for page in range(1, pdf.pages + 1)}
-        else:
-            texts = self._checkpointed(pdf, item, deadline)
-        return pdf_document(texts, pdf.pages, pdf.bookmarks())
+        return pdf.document(None if pdf.pages <= self.page_batch else self._checkpointed(pdf, item, deadline))
 
     def _checkpointed(self, pdf: PdfFile, item: ClaimedItem, deadline: float) -> dict[int, str]:
         """Every page's text: those kept by earlier claims, the rest read a batch at a time and

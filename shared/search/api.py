@@ -19,6 +19,7 @@ from shared.config import Settings, get_settings
 from shared.errors import NexusError
 from shared.http.auth import Principal, authenticate
 from shared.http.bodies import decode_json, field_errors
+from shared.http.doors import answer, check_body_size, check_door
 from shared.http.messages import HttpRequest, HttpResponse
 from shared.http.problems import FieldError, ProblemError
 from shared.runtime.metrics import emit_metrics
@@ -76,33 +77,18 @@ class SearchEndpoint:
 
     def handle(self, request: HttpRequest) -> HttpResponse:
         """Answer one request; never raises."""
-        try:
-            return self._handle(request)
-        except ProblemError as problem:
-            return problem.to_response()
-        except NexusError as exc:
-            from shared.logs import get_logger
-
-            get_logger().error("search could not run", extra={"error": str(exc)})
-            status = _status_of(exc)
-            headers = {"retry-after": "1"} if status == 503 else {}
-            return ProblemError(status, str(exc), headers=headers).to_response()
-        except Exception as exc:
-            from shared.logs import get_logger
-
-            get_logger().exception("search failed", extra={"error": type(exc).__name__})
-            return ProblemError(500, "An internal error occurred.").to_response()
+        return answer(
+            lambda: self._handle(request),
+            "search",
+            internal_detail="An internal error occurred.",
+            status_of=_status_of,
+        )
 
     def _handle(self, request: HttpRequest) -> HttpResponse:
-        path = request.path.rstrip("/") or "/"
-        if path not in SEARCH_PATHS:
-            raise ProblemError(404, f"No endpoint at {path}; POST to /api/knowledge/search.")
-        if request.method.upper() != "POST":
-            raise ProblemError(405, "Use POST to search.", headers={"allow": "POST"})
+        check_door(request, SEARCH_PATHS, "/api/knowledge/search", "Use POST to search.")
         settings, store = self._wire()
         principal = authenticate(request.header("authorization"), settings)
-        if len(request.body) > settings.max_body_bytes:
-            raise ProblemError(413, f"The body is larger than the {settings.max_body_bytes}-byte limit.")
+        check_body_size(request, settings.max_body_bytes)
         asked = _parse(decode_json(request))
         client_id = _client_searched(principal, asked.client_id)
         from shared.providers.deadlines import call_scope

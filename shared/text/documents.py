@@ -34,6 +34,7 @@ __all__ = [
     "TEXT_TYPES",
     "Document",
     "DocumentError",
+    "HeadingPath",
     "Section",
     "data_url",
     "heading_sections",
@@ -125,17 +126,30 @@ def _clean_heading(title: str) -> str:
     return title[:MAX_HEADING_CHARS]
 
 
+class HeadingPath:
+    """The headings in effect while a document is read in order: each heading met replaces those
+    of its level and deeper."""
+
+    def __init__(self) -> None:
+        self._path: list[tuple[int, str]] = []  # (level, title) from the outermost
+
+    def enter(self, level: int, title: str) -> tuple[str, ...]:
+        """The path once a heading of `level` (1 outermost) titled `title` is met."""
+        while self._path and self._path[-1][0] >= level:
+            self._path.pop()
+        self._path.append((level, _clean_heading(title)))
+        return self.titles
+
+    @property
+    def titles(self) -> tuple[str, ...]:
+        return tuple(title for _, title in self._path)
+
+
 def heading_sections(text: str, headings: Sequence[tuple[int, int, str]]) -> tuple[Section, ...]:
     """Sections from headings given as (offset, level 1-6, title), in order of offset: each
     heading starts a section whose path is the titles of the headings it is under."""
-    sections: list[Section] = []
-    path: list[tuple[int, str]] = []  # (level, title) from the outermost
-    for start, level, title in headings:
-        while path and path[-1][0] >= level:
-            path.pop()
-        path.append((level, _clean_heading(title)))
-        sections.append(Section(start, None, tuple(t for _, t in path)))
-    return tuple(sections)
+    path = HeadingPath()
+    return tuple(Section(start, None, path.enter(level, title)) for start, level, title in headings)
 
 
 def markdown_headings(text: str) -> list[tuple[int, int, str]]:

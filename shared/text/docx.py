@@ -12,7 +12,7 @@ import re
 import zipfile
 from typing import Any
 
-from shared.text.documents import HEADING, Document, DocumentError, Section
+from shared.text.documents import HEADING, Document, DocumentError, HeadingPath, Section
 
 __all__ = ["check_docx", "docx_document"]
 
@@ -62,20 +62,18 @@ def docx_document(data: bytes) -> Document:
     rendered = any(_rendered_breaks(block) for block in blocks)
     parts: list[str] = []
     sections: list[Section] = []
-    path: list[tuple[int, str]] = []
+    path = HeadingPath()
     page, offset = 1, 0
     for block in blocks:
         page += _rendered_breaks(block) if rendered else 0
         text, level = _block_text(block, levels)
         if text:
             if level:
-                while path and path[-1][0] >= level:
-                    path.pop()
-                path.append((level, _SPACES.sub(" ", text).strip()[:200]))
+                titles = path.enter(level, text)
                 if parts:
                     parts.append("\n")
                     offset += 1
-                sections.append(Section(offset, page, tuple(t for _, t in path), HEADING))
+                sections.append(Section(offset, page, titles, HEADING))
             parts.append(text + "\n")
             offset += len(text) + 1
         page += 0 if rendered else _explicit_breaks(block)

@@ -35,11 +35,9 @@ def document_of(content: str) -> Document:
         return html_document(content) if is_html(content) else text_document(content)
     content_type, data = file
     if content_type == PDF:
-        from shared.text.pdf import PdfFile, pdf_document
+        from shared.text.pdf import PdfFile
 
-        pdf = PdfFile(data)
-        texts = {page: pdf.page_text(page) for page in range(1, pdf.pages + 1)}
-        return pdf_document(texts, pdf.pages, pdf.bookmarks())
+        return PdfFile(data).document()
     if content_type == DOCX:
         from shared.text.docx import docx_document
 

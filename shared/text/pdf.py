@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from shared.text.documents import HEADING, PAGE, Document, DocumentError, Section
+from shared.text.documents import HEADING, PAGE, Document, DocumentError, HeadingPath, Section
 
 __all__ = ["PdfFile", "check_pdf", "pdf_document"]
 
@@ -55,6 +55,12 @@ class PdfFile:
         except Exception:  # one broken page's content stream loses that page only
             return ""
         return text.replace("\x00", "").strip()
+
+    def document(self, page_texts: Mapping[int, str] | None = None) -> Document:
+        """The PDF's document from its pages' texts (default: every page read now)."""
+        if page_texts is None:
+            page_texts = {page: self.page_text(page) for page in range(1, self.pages + 1)}
+        return pdf_document(page_texts, self.pages, self.bookmarks())
 
     def bookmarks(self) -> list[tuple[int, int, str]]:
         """The outline (bookmarks) as (page, depth, title), in outline order; [] without one."""
@@ -98,19 +104,16 @@ def pdf_document(
         by_page.setdefault(page, []).append((depth, title))
     parts: list[str] = []
     sections: list[Section] = []
-    path: list[tuple[int, str]] = []
+    path = HeadingPath()
     offset = 0
     empty = []
     for page in range(1, pages + 1):
         text = page_texts.get(page, "")
         if not text:
             empty.append(page)
-        sections.append(Section(offset, page, tuple(t for _, t in path), PAGE))
+        sections.append(Section(offset, page, path.titles, PAGE))
         for at, depth, title in _placed(text, by_page.get(page, [])):
-            while path and path[-1][0] >= depth:
-                path.pop()
-            path.append((depth, _SPACES.sub(" ", title)[:200]))
-            heading = Section(offset + at, page, tuple(t for _, t in path), HEADING)
+            heading = Section(offset + at, page, path.enter(depth, title), HEADING)
             if at == 0:
                 sections[-1] = heading
             else:
